@@ -1,0 +1,174 @@
+"""Every error pagerag raises on purpose, in one tree.
+
+Each message says what went wrong *and what to do about it*; callers can catch
+a whole branch (``except InputError``) or one leaf. Secrets never appear in a
+message: adapters build messages from config *names*, never values.
+
+::
+
+    PageRAGError
+    ├── ConfigError                  bad YAML, unknown key, bad env override
+    ├── OptionalDependencyError      (also ImportError) an extra is not installed
+    ├── InputError                   one input file or page cannot be ingested
+    │   ├── UnsupportedFileError     not a PDF or a supported image
+    │   ├── DamagedFileError         poppler/pillow cannot read it
+    │   ├── PasswordRequiredError    encrypted with a user password, none given
+    │   ├── WrongPasswordError       a password was given and did not open it
+    │   ├── RenderTimeoutError       rendering exceeded render.timeout_s
+    │   ├── FileTooLargeError        bigger than render.max_file_mb
+    │   └── TooManyPagesError        more pages than render.max_pages (refuse mode)
+    ├── ModelError
+    │   └── ModelNotAvailableError   weights neither cached nor downloadable
+    ├── StoreError
+    │   ├── StoreUnavailableError    Qdrant unreachable / refused the request
+    │   ├── StoreInUseError          embedded data directory locked by another process
+    │   ├── CollectionMismatchError  existing collection built differently
+    │   └── CollectionNotFoundError  nothing ingested yet
+    ├── QueryError                   empty query, bad k, bad filter
+    └── VLMError
+        ├── VLMNotConfiguredError    no vlm.base_url / api key
+        ├── VLMAuthError             401/403 from the endpoint
+        └── VLMUnavailableError      unreachable, timeouts, 5xx after retries
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "CollectionMismatchError",
+    "CollectionNotFoundError",
+    "ConfigError",
+    "DamagedFileError",
+    "FileTooLargeError",
+    "InputError",
+    "ModelError",
+    "ModelNotAvailableError",
+    "OptionalDependencyError",
+    "PageRAGError",
+    "PasswordRequiredError",
+    "QueryError",
+    "RenderTimeoutError",
+    "StoreError",
+    "StoreInUseError",
+    "StoreUnavailableError",
+    "TooManyPagesError",
+    "UnsupportedFileError",
+    "VLMAuthError",
+    "VLMError",
+    "VLMNotConfiguredError",
+    "VLMUnavailableError",
+    "WrongPasswordError",
+]
+
+
+class PageRAGError(Exception):
+    """Base of every error pagerag raises deliberately."""
+
+
+class ConfigError(PageRAGError):
+    """The configuration cannot be loaded or validated; the message names the key."""
+
+
+class OptionalDependencyError(PageRAGError, ImportError):
+    """An optional extra is needed for this feature; the message names the extra."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{feature} needs the optional package {module!r}, which is not installed. "
+            f"Install it with: pip install 'pagerag[{extra}]'"
+        )
+        self.extra = extra
+
+
+class InputError(PageRAGError):
+    """One input file (or one page of it) cannot be ingested.
+
+    ``reason`` is a stable machine-readable code used in job reports
+    (``unsupported``, ``damaged``, ``needs_password`` …).
+    """
+
+    reason = "input_error"
+
+    def __init__(self, path: str | Path, detail: str, *, page: int | None = None) -> None:
+        self.path = str(path)
+        self.page = page
+        self.detail = detail
+        where = f"{self.path}" + (f" (page {page})" if page is not None else "")
+        super().__init__(f"{where}: {detail}")
+
+
+class UnsupportedFileError(InputError):
+    reason = "unsupported"
+
+
+class DamagedFileError(InputError):
+    reason = "damaged"
+
+
+class PasswordRequiredError(InputError):
+    reason = "needs_password"
+
+
+class WrongPasswordError(InputError):
+    reason = "wrong_password"
+
+
+class RenderTimeoutError(InputError):
+    reason = "timeout"
+
+
+class FileTooLargeError(InputError):
+    reason = "too_large"
+
+
+class TooManyPagesError(InputError):
+    reason = "too_many_pages"
+
+
+class ModelError(PageRAGError):
+    """The embedding model cannot be loaded or run."""
+
+
+class ModelNotAvailableError(ModelError):
+    """The model weights are neither in the cache nor downloadable."""
+
+
+class StoreError(PageRAGError):
+    """The page store (Qdrant) failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """Qdrant cannot be reached, or refused the request."""
+
+
+class StoreInUseError(StoreError):
+    """Another process holds the embedded data directory."""
+
+
+class CollectionMismatchError(StoreError):
+    """The existing collection was built with other settings or another model."""
+
+
+class CollectionNotFoundError(StoreError):
+    """The collection does not exist yet: nothing has been ingested."""
+
+
+class QueryError(PageRAGError):
+    """A search or ask call got an unusable argument."""
+
+
+class VLMError(PageRAGError):
+    """The vision-language model endpoint failed."""
+
+
+class VLMNotConfiguredError(VLMError):
+    """No endpoint or API key is configured for answering."""
+
+
+class VLMAuthError(VLMError):
+    """The endpoint refused the credentials (401/403)."""
+
+
+class VLMUnavailableError(VLMError):
+    """The endpoint is unreachable or kept failing after retries."""

@@ -1,0 +1,208 @@
+"""The small typed values that cross between pipeline stages.
+
+Vectors stay numpy ``float16`` end to end (the real ColPali output dtype):
+a page is ~1030×128×2 B = 257 KB, and a silent upcast to float64 would
+quadruple memory on million-page jobs. Convert only at the edge of a library
+that needs another type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "Answer",
+    "CollectionSpec",
+    "DocumentRecord",
+    "Float16Array",
+    "Page",
+    "PageFilter",
+    "PageHit",
+    "PagePoint",
+    "ScoredPage",
+    "StoreStats",
+    "Usage",
+    "document_point_id",
+    "page_point_id",
+]
+
+Float16Array = NDArray[np.float16]
+
+# Fixed namespace so point ids are the same on every machine and every run:
+# concurrent or repeated upserts of a page overwrite instead of duplicating.
+_POINT_NAMESPACE = uuid.UUID("6f1c1a52-5d1b-4c55-9a43-6a2f3f0c7e11")
+
+
+def page_point_id(document_id: str, page_number: int) -> str:
+    """Deterministic Qdrant point id of one page of a document."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{document_id}:page:{page_number}"))
+
+
+def document_point_id(document_id: str) -> str:
+    """Deterministic id of the vectorless point that marks a document complete."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{document_id}:document"))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One rendered page, as it leaves the renderer.
+
+    ``jpeg`` holds the compressed image (what gets stored for the answering
+    stage); it is decoded only where the embedder needs pixels.
+    """
+
+    document_id: str
+    source: str
+    page_number: int  # 1-based, as readers count
+    page_count: int
+    jpeg: bytes
+    width: int  # pixels, as rendered
+    height: int
+    dpi: int
+
+
+@dataclass(frozen=True)
+class PagePoint:
+    """What the store persists for one page: id, vectors and payload."""
+
+    point_id: str
+    vectors: Mapping[str, Float16Array]  # vector name -> (n, dim) float16
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """How a collection must look; checked against an existing one on open.
+
+    ``pooled`` maps pooled vector names to their count per page (e.g. rows
+    and columns of the patch grid) and is empty for exact-only collections.
+    """
+
+    name: str
+    model: str
+    dim: int
+    full_vector: str = "full"
+    pooled: tuple[str, ...] = ()
+    datatype: Literal["float16", "float32", "uint8"] = "float16"
+    quantization: Literal["none", "scalar", "binary"] = "none"
+    on_disk: bool = False
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A document whose pages are all durably stored (the completion mark)."""
+
+    document_id: str
+    source: str
+    file_name: str
+    page_count: int  # pages stored
+    total_pages: int  # pages the file has (greater when truncated by render.max_pages)
+    ingested_at: str  # ISO-8601 UTC
+    model: str
+    bytes: int  # file size
+    failed_pages: tuple[int, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PageFilter:
+    """Restricts a search. All given conditions must hold.
+
+    ``source_prefix`` matches a whole source path or any folder above it.
+    ``metadata`` matches user metadata attached with ``ingest --meta k=v``.
+    """
+
+    document_ids: tuple[str, ...] = ()
+    source_prefix: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not self.document_ids and self.source_prefix is None and not self.metadata
+
+
+@dataclass(frozen=True)
+class ScoredPage:
+    """A store search result, before the API layer turns it into a PageHit."""
+
+    point_id: str
+    score: float
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    collection: str
+    model: str | None
+    documents: int
+    pages: int
+    bytes_on_disk: int | None  # None when the engine cannot tell (server)
+    engine: str
+    location: str
+
+
+@dataclass(frozen=True)
+class PageHit:
+    """A retrieved page: where it comes from, how well it matched, its image."""
+
+    point_id: str
+    document_id: str
+    source: str
+    page_number: int
+    score: float
+    payload: Mapping[str, Any]
+    image_loader: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def file_name(self) -> str:
+        return str(self.payload.get("file_name", self.source.rsplit("/", 1)[-1]))
+
+    @property
+    def label(self) -> str:
+        """How the page is named to a VLM and in citations: ``[file p.N]``."""
+        return f"{self.file_name} p.{self.page_number}"
+
+    def load_jpeg(self) -> bytes:
+        """The stored JPEG bytes of the page (fetched lazily from the store)."""
+        if self.image_loader is None:
+            raise LookupError(
+                f"no image stored for {self.label}: re-ingest with ingest.store_images: true"
+            )
+        return self.image_loader()
+
+    def load_image(self) -> Any:
+        """The page as a PIL image."""
+        import io
+
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.load_jpeg()))
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A VLM answer, the pages it was shown, and the pages it cited."""
+
+    text: str
+    sources: tuple[PageHit, ...]
+    cited: tuple[PageHit, ...] = ()
+    usage: Usage | None = None
+    model: str | None = None
+    answered: bool = True  # False when no VLM is configured: text explains why

@@ -1,0 +1,78 @@
+"""Test-wide guards: no network, offline model hub, deterministic BLAS.
+
+The network guard refuses every connection that is not to loopback, so a
+test that would download a model or call a real API fails loudly instead of
+hanging or passing by luck. Loopback stays open for local test servers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.pop("PAGERAG_CONFIG", None)
+for _name in [n for n in os.environ if n.startswith("PAGERAG_")]:
+    os.environ.pop(_name)
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+class NetworkBlockedError(RuntimeError):
+    pass
+
+
+def _is_loopback(address: object) -> bool:
+    if isinstance(address, tuple) and address:
+        host = str(address[0])
+    elif isinstance(address, (str, bytes)):
+        return True  # AF_UNIX socket paths
+    else:
+        return False
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _block_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+
+    def guarded_connect(self: socket.socket, address: object) -> None:
+        if not _is_loopback(address):
+            raise NetworkBlockedError(f"tests may not reach the network (tried {address!r})")
+        return real_connect(self, address)  # type: ignore[arg-type]
+
+    def guarded_connect_ex(self: socket.socket, address: object) -> int:
+        if not _is_loopback(address):
+            raise NetworkBlockedError(f"tests may not reach the network (tried {address!r})")
+        return real_connect_ex(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    yield
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared corpus not found at {CORPUS} (clone with ../shared beside the repo)")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in ColPali model, built once per session (~0.5 s)."""
+    from pipeline.testing.tiny_colpali import build
+
+    return build(tmp_path_factory.mktemp("tiny-colpali"))
