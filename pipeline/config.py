@@ -45,6 +45,11 @@ def default_data_dir() -> Path:
     return Path(base) / "pagerag"
 
 
+def _expand(value: Path | None) -> Path | None:
+    """``~`` in configured paths means the user's home, as in a shell."""
+    return None if value is None else value.expanduser()
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
@@ -57,6 +62,8 @@ class EmbeddingConfig(_Section):
     cache_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     device_ids: list[int] | None = None
+
+    _expand_paths = field_validator("model_path", "cache_dir")(_expand)
     threads: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=2, ge=1, le=256)
 
@@ -78,6 +85,8 @@ class RenderConfig(_Section):
     # A file of "glob<TAB or space>password" lines, for many passwords.
     password_file: Path | None = None
 
+    _expand_paths = field_validator("password_file")(_expand)
+
 
 class StoreConfig(_Section):
     # Embedded engine data directory (used when url is unset).
@@ -97,6 +106,8 @@ class StoreConfig(_Section):
     write_consistency_factor: int | None = Field(default=None, ge=1)
     upsert_batch: int = Field(default=8, ge=1, le=256)
     upsert_retries: int = Field(default=5, ge=0)
+
+    _expand_paths = field_validator("path")(_expand)
 
     @field_validator("collection")
     @classmethod
@@ -238,7 +249,10 @@ def load_config(
     if path is not None:
         data = _read_yaml(Path(path).expanduser())
         origin = str(path)
-    data = _merge(data, _env_overrides(env))
+    from_env = _env_overrides(env)
+    if from_env:
+        origin += " + PAGERAG_* environment"
+    data = _merge(data, from_env)
     if overrides:
         data = _merge(data, {k: dict(v) for k, v in overrides.items()})
     try:

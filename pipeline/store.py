@@ -167,7 +167,9 @@ class PageStore(Protocol):
         """The stored JPEG of a page, or None if images were not stored."""
         ...
 
-    def page_vectors(self, point_ids: Iterable[str], using: str | None = None) -> dict[str, Float16Array]:
+    def page_vectors(
+        self, point_ids: Iterable[str], using: str | None = None
+    ) -> dict[str, Float16Array]:
         """Stored vectors by point id (for reindexing and similarity maps)."""
         ...
 
@@ -175,11 +177,9 @@ class PageStore(Protocol):
         """All page point ids, in batches (for reindexing and audits)."""
         ...
 
-    def count_pages(self, filter: PageFilter | None = None) -> int:
-        ...
+    def count_pages(self, filter: PageFilter | None = None) -> int: ...
 
-    def stats(self) -> StoreStats:
-        ...
+    def stats(self) -> StoreStats: ...
 
     def close(self) -> None:
         """Release the engine (the embedded data directory lock)."""

@@ -1,0 +1,286 @@
+"""The page embedder for real models: fastembed's late-interaction multimodal API.
+
+Why an adapter rather than calling fastembed directly: pagerag wants a cheap
+constructor (the CLI builds one for every command, most never embed), one
+thread-safe lazy load, float16 all the way, padding-free query vectors, and
+errors that say how to get a 6.5 GB model onto a machine that cannot
+download it. fastembed 0.9.1 gives none of these by itself:
+
+- its constructor resolves (and, online, downloads) the model eagerly, and a
+  failed download is retried 3 times with 3/9/27 s sleeps before a bare
+  ``ValueError("Could not load model … from any source.")``; with
+  ``HF_HUB_OFFLINE=1`` it fails at once;
+- ``specific_model_path`` is used unchecked: a wrong path only fails when
+  onnxruntime opens ``model.onnx``;
+- dtypes: ``embed_image`` and ``embed_text`` return the ONNX output as is —
+  float16 for ColPali (``(1030, 128)`` per page) — with no upcast;
+- ``embed_text`` for ColPali returns each query padded to the longest query
+  of its batch (ColModernVBERT strips them itself), and this class has no
+  ``query_embed``: queries go through ``embed_text``;
+- ``cuda`` defaults to AUTO (the GPU is used silently when onnxruntime-gpu is
+  installed); ``threads`` sets both intra- and inter-op threads of the
+  session; ``parallel=N`` would start N forkserver workers each loading its
+  own copy of the model, which pagerag does not use (one session, batches).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import EmbeddingConfig
+from pipeline.errors import ModelError, ModelNotAvailableError, OptionalDependencyError
+from pipeline.models import ModelSpec, get_model_spec
+from pipeline.types import Float16Array
+
+__all__ = ["QUERY_BATCH_SIZE", "FastEmbedColPali"]
+
+# Each query in a ColPali text batch carries a zeroed 448×448 image (2.4 MB),
+# so query batches are kept small whatever embedding.batch_size says.
+QUERY_BATCH_SIZE = 4
+
+# Files fastembed opens from a model directory besides the ONNX ones.
+_CONFIG_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+class FastEmbedColPali:
+    """A :class:`pipeline.embed.PageEmbedder` backed by fastembed (ColPali & co).
+
+    Nothing is imported or loaded in the constructor. The first call that
+    needs the model resolves its files (``embedding.model_path``, else the
+    fastembed/Hugging Face cache in ``embedding.cache_dir``, else a download)
+    and opens one onnxruntime session, under a lock, so concurrent first
+    calls load it once. ``query_token_limit`` reads only the tokenizer.
+    """
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self._config = config
+        self._spec = get_model_spec(config.model)
+        self._lock = threading.Lock()
+        self._embedding: Any = None  # fastembed.LateInteractionMultimodalEmbedding
+        self._session_ready = False
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the ONNX session is open (the expensive part is done)."""
+        return self._session_ready
+
+    def warm_up(self) -> None:
+        """Load the model now, e.g. at server start, instead of on first use."""
+        self._ready()
+
+    # -- embedding -----------------------------------------------------------
+
+    def embed_images(self, images: Sequence[Image.Image]) -> list[Float16Array]:
+        if not images:
+            return []
+        embedding = self._ready()
+        vectors = embedding.embed_image(list(images), batch_size=self._config.batch_size)
+        out = [self._checked(vec) for vec in vectors]
+        if len(out) != len(images):
+            raise ModelError(
+                f"{self._spec.name} returned {len(out)} embeddings for {len(images)} images"
+            )
+        return out
+
+    def embed_query(self, query: str) -> Float16Array:
+        return self.embed_queries([query])[0]
+
+    def embed_queries(
+        self, queries: Sequence[str], *, batch_size: int = QUERY_BATCH_SIZE
+    ) -> list[Float16Array]:
+        """One ``(tokens, dim)`` float16 array per query, batch padding removed.
+
+        The model sees each query as fastembed builds it (for ColPali:
+        ``<s>Query: q`` + 10 ``<pad>`` augmentation tokens + newline); those
+        augmentation rows are part of the query and are kept. Only the rows
+        added to pad a query to the longest of its batch are dropped, using
+        the attention mask of the very batch that was embedded.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        embedding = self._ready()
+        inner = embedding.model
+        out: list[Float16Array] = []
+        for start in range(0, len(queries), batch_size):
+            chunk = list(queries[start : start + batch_size])
+            encodings = inner.tokenize(chunk)
+            vectors = list(embedding.embed_text(chunk, batch_size=len(chunk)))
+            for encoding, vec in zip(encodings, vectors, strict=True):
+                out.append(self._checked(_strip_padding(vec, encoding.attention_mask)))
+        return out
+
+    def query_token_limit(self) -> int:
+        """Tokens of user text that fit before the tokenizer truncates.
+
+        The model's limit (``model_max_length``) covers the whole prompt
+        fastembed builds, so the template's own tokens are subtracted
+        (counted on an empty query, which may over-count by one: the limit is
+        conservative). Only the tokenizer is read; the ONNX session is not
+        opened.
+        """
+        embedding = self._resolve()
+        try:
+            template_tokens = int(embedding.token_count("", include_extension=True))
+            truncation = embedding.model.tokenizer.truncation or {}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read the tokenizer of {self._spec.name}: {exc}") from exc
+        max_length = truncation.get("max_length")
+        if not isinstance(max_length, int):
+            raise ModelError(f"the tokenizer of {self._spec.name} sets no truncation length")
+        return max(1, max_length - template_tokens)
+
+    # -- loading -------------------------------------------------------------
+
+    def _ready(self) -> Any:
+        """The fastembed model with its ONNX session open."""
+        if self._session_ready:
+            return self._embedding
+        embedding = self._resolve()
+        with self._lock:
+            if not self._session_ready:
+                try:
+                    embedding.model.load_onnx_model()
+                except Exception as exc:  # onnxruntime raises its own non-OSError types
+                    raise ModelError(
+                        f"cannot load {self._spec.name} from {self._model_dir_label()}: {exc}"
+                    ) from exc
+                self._session_ready = True
+        return embedding
+
+    def _resolve(self) -> Any:
+        """The fastembed model object, its files located but no session open."""
+        if self._embedding is not None:
+            return self._embedding
+        with self._lock:
+            if self._embedding is None:
+                self._embedding = self._construct()
+        return self._embedding
+
+    def _construct(self) -> Any:
+        try:
+            from fastembed import LateInteractionMultimodalEmbedding
+        except ImportError as exc:
+            error = OptionalDependencyError("Page embedding", "cpu", "fastembed")
+            error.args = (
+                f"{error} (or 'pagerag[gpu]' on a CUDA machine: never both) [{exc}]",
+            )
+            raise error from exc
+
+        description = self._description(LateInteractionMultimodalEmbedding)
+        required = [description["model_file"], *description["additional_files"], *_CONFIG_FILES]
+        config = self._config
+        if config.model_path is not None:
+            self._check_files(Path(config.model_path), required)
+        kwargs: dict[str, Any] = {
+            "model_name": self._spec.name,
+            "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
+            "threads": config.threads,
+            "lazy_load": True,
+            **self._device_kwargs(),
+        }
+        if config.model_path is not None:
+            kwargs["specific_model_path"] = str(config.model_path)
+        try:
+            embedding = LateInteractionMultimodalEmbedding(**kwargs)
+        except Exception as exc:  # ValueError, OSError, hub and HTTP errors alike
+            raise self._not_available(f"fastembed could not find or download it ({exc})") from exc
+        if config.model_path is None:
+            # fastembed checked the ONNX files of a cached snapshot, not the tokenizer ones
+            model_dir = getattr(embedding.model, "_model_dir", None)
+            if model_dir is not None:
+                self._check_files(Path(model_dir), required)
+        return embedding
+
+    def _description(self, cls: Any) -> dict[str, Any]:
+        for description in cls.list_supported_models():
+            if str(description["model"]).lower() == self._spec.name.lower():
+                return dict(description)
+        import fastembed
+
+        raise ModelError(
+            f"the installed fastembed {getattr(fastembed, '__version__', '?')} does not "
+            f"support {self._spec.name}: install the version pagerag pins "
+            "(pip install 'pagerag[cpu]' or 'pagerag[gpu]')"
+        )
+
+    def _device_kwargs(self) -> dict[str, Any]:
+        config = self._config
+        if config.device == "cpu":
+            # explicit providers: a GPU build of onnxruntime must not grab the GPU
+            return {"providers": ["CPUExecutionProvider"], "cuda": False}
+        if config.device == "cuda":
+            import onnxruntime
+
+            available = onnxruntime.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise ModelError(
+                    "embedding.device is 'cuda' but onnxruntime offers only "
+                    f"{', '.join(available)}: install 'pagerag[gpu]' (fastembed-gpu, "
+                    "onnxruntime-gpu) in place of 'pagerag[cpu]', or set "
+                    "embedding.device to cpu or auto"
+                )
+            return {"cuda": True, "device_ids": config.device_ids}
+        # auto: fastembed's default, the GPU when onnxruntime-gpu can use one
+        return {"device_ids": config.device_ids}
+
+    def _check_files(self, model_dir: Path, required: Iterable[str]) -> None:
+        if not model_dir.is_dir():
+            raise self._not_available(
+                f"embedding.model_path {model_dir} does not exist or is not a directory"
+            )
+        missing = [name for name in required if not (model_dir / name).is_file()]
+        if missing:
+            raise self._not_available(f"{model_dir} lacks {', '.join(missing)}")
+
+    def _not_available(self, reason: str) -> ModelNotAvailableError:
+        name = self._spec.name
+        return ModelNotAvailableError(
+            f"the embedding model {name} (~{self._spec.size_gb:g} GB) is not available: "
+            f"{reason}. On a machine with internet, run "
+            f"`huggingface-cli download {name} --local-dir DIR`, copy DIR here and set "
+            "embedding.model_path: DIR in the config (or the environment variable "
+            "PAGERAG_EMBEDDING__MODEL_PATH=DIR); or point embedding.cache_dir at a "
+            "fastembed cache that holds it. Set HF_HUB_OFFLINE=1 on machines without "
+            "internet so a missing model fails at once instead of after ~40 s of retries."
+        )
+
+    def _model_dir_label(self) -> str:
+        if self._config.model_path is not None:
+            return str(self._config.model_path)
+        model = getattr(self._embedding, "model", None)
+        return str(getattr(model, "_model_dir", "the fastembed cache"))
+
+    def _checked(self, vec: Any) -> Float16Array:
+        """Check the shape, and keep float16 (only ever cast *down* to it)."""
+        array = np.asarray(vec)
+        if array.ndim != 2 or array.shape[1] != self._spec.dim:
+            raise ModelError(
+                f"{self._spec.name} returned vectors of shape {array.shape}, expected "
+                f"(tokens, {self._spec.dim}): is embedding.model_path the right model?"
+            )
+        if array.dtype != np.float16:
+            array = array.astype(np.float16)
+        return array
+
+
+def _strip_padding(vec: Any, attention_mask: Sequence[int]) -> Any:
+    """Drop the batch-padding rows of one query's output, by its attention mask."""
+    mask = np.asarray(attention_mask, dtype=bool)
+    if vec.shape[0] == mask.shape[0]:
+        return vec[mask]
+    if vec.shape[0] == int(mask.sum()):
+        return vec  # the model class stripped the padding already (ColModernVBERT)
+    raise ModelError(
+        f"query output has {vec.shape[0]} rows for {mask.shape[0]} tokens "
+        f"({int(mask.sum())} unpadded)"
+    )

@@ -1,0 +1,534 @@
+"""``PageRAG``: the one object users hold — ingest, search, ask.
+
+This is the composition root: it picks the adapters named by the config
+(embedded Qdrant or a server, fastembed, an OpenAI-compatible VLM) and wires
+them into the pipeline stages. Everything is built lazily, so constructing a
+``PageRAG`` is cheap and ``search`` never needs a VLM.
+
+Async methods run the same sync code in a worker thread (the work is CPU-
+bound embedding and a blocking store call), so there is one body per
+operation, not a sync/async pair of copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pipeline.config import PageRAGConfig, load_config
+from pipeline.embed import PageEmbedder
+from pipeline.errors import (
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    QueryError,
+)
+from pipeline.ingest import FileOutcome, IngestJob, IngestProgress, IngestReport
+from pipeline.pooling import POOLED_VECTORS, supports_pooling
+from pipeline.store import PageStore
+from pipeline.types import (
+    Answer,
+    CollectionSpec,
+    DocumentRecord,
+    PageFilter,
+    PageHit,
+    StoreStats,
+)
+
+if TYPE_CHECKING:
+    from pipeline.answer import Answerer, StreamingAnswer
+    from pipeline.render import Renderer
+
+__all__ = ["PageRAG", "Status", "parse_filter"]
+
+log = logging.getLogger("pagerag")
+
+Mode = Literal["exact", "two_stage", "auto"]
+MAX_K = 1000
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``pagerag status`` shows."""
+
+    stats: StoreStats
+    spec: CollectionSpec | None
+    configured_model: str
+    documents: tuple[DocumentRecord, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "collection": self.stats.collection,
+            "engine": self.stats.engine,
+            "location": self.stats.location,
+            "model": self.stats.model,
+            "configured_model": self.configured_model,
+            "documents": self.stats.documents,
+            "pages": self.stats.pages,
+            "bytes_on_disk": self.stats.bytes_on_disk,
+            "bytes_per_page": (
+                round(self.stats.bytes_on_disk / self.stats.pages)
+                if self.stats.bytes_on_disk and self.stats.pages
+                else None
+            ),
+            "vectors": None
+            if spec is None
+            else {
+                "full": spec.full_vector,
+                "pooled": list(spec.pooled),
+                "dim": spec.dim,
+                "datatype": spec.datatype,
+                "quantization": spec.quantization,
+            },
+        }
+
+
+def parse_filter(value: PageFilter | Mapping[str, Any] | None) -> PageFilter | None:
+    """Build a :class:`PageFilter` from a user's dict.
+
+    Keys: ``document_id`` (str or list), ``source`` (a file or folder path;
+    relative paths are resolved against the current directory, like at
+    ingest), anything else is user metadata from ``ingest --meta``.
+    """
+    if value is None or isinstance(value, PageFilter):
+        return value
+    if not isinstance(value, Mapping):
+        raise QueryError(f"filter must be a mapping or PageFilter, got {type(value).__name__}")
+    document_ids: tuple[str, ...] = ()
+    source = None
+    metadata: dict[str, str] = {}
+    for key, item in value.items():
+        if key in ("document_id", "document_ids"):
+            document_ids = (item,) if isinstance(item, str) else tuple(item)
+        elif key in ("source", "source_prefix"):
+            source = _absolute(str(item))
+        else:
+            metadata[str(key)] = str(item)
+    return PageFilter(document_ids=document_ids, source_prefix=source, metadata=metadata)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+class PageRAG:
+    """Ingest PDFs and images, search their pages, ask questions about them.
+
+    >>> rag = PageRAG.from_config()            # defaults + PAGERAG_* env
+    >>> rag.ingest(["reports/"]).exit_code     # doctest: +SKIP
+    >>> rag.ask("What was the FY2018 capex?")  # doctest: +SKIP
+
+    Pass ready-made parts (``embedder=``, ``store=`` …) to replace the ones
+    the config would build, e.g. the fakes in ``pipeline.testing``.
+    """
+
+    def __init__(
+        self,
+        config: PageRAGConfig | None = None,
+        *,
+        embedder: PageEmbedder | None = None,
+        store: PageStore | None = None,
+        renderer: Renderer | None = None,
+        answerer: Answerer | None = None,
+    ) -> None:
+        self.config = config or PageRAGConfig()
+        self._embedder = embedder
+        self._store = store
+        self._renderer = renderer
+        self._answerer = answerer
+        self._opened = False
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **overrides: Mapping[str, Any]) -> PageRAG:
+        """Load ``path`` (None: ``$PAGERAG_CONFIG`` or defaults) plus env overrides."""
+        return cls(load_config(path, overrides=overrides or None))
+
+    # -- parts, built on first use ------------------------------------------------
+
+    @property
+    def embedder(self) -> PageEmbedder:
+        with self._lock:
+            if self._embedder is None:
+                from connectors.fastembed import FastEmbedColPali
+
+                self._embedder = FastEmbedColPali(self.config.embedding)
+            return self._embedder
+
+    @property
+    def store(self) -> PageStore:
+        """The page store, not yet opened on the collection."""
+        with self._lock:
+            if self._store is None:
+                self._store = build_store(self.config)
+            return self._store
+
+    @property
+    def renderer(self) -> Renderer:
+        with self._lock:
+            if self._renderer is None:
+                from pipeline.render import Renderer
+
+                self._renderer = Renderer(self.config.render)
+            return self._renderer
+
+    @property
+    def answerer(self) -> Answerer | None:
+        """The VLM, or None when neither ``vlm.base_url`` nor an API key is set."""
+        with self._lock:
+            if self._answerer is None and (self.config.vlm.base_url or self.config.vlm.api_key):
+                from connectors.openai_vlm import OpenAIAnswerer
+
+                self._answerer = OpenAIAnswerer(self.config.vlm)
+            return self._answerer
+
+    def wanted_spec(self) -> CollectionSpec:
+        """The collection the config asks for (pooled vectors when the model has a grid)."""
+        model = self.embedder.spec
+        store = self.config.store
+        return CollectionSpec(
+            name=store.collection,
+            model=model.name,
+            dim=model.dim,
+            pooled=POOLED_VECTORS if supports_pooling(model) else (),
+            datatype=store.datatype,
+            quantization=store.quantization,
+            on_disk=store.on_disk,
+        )
+
+    def _open(self, *, create: bool) -> CollectionSpec:
+        """Open (or create) the collection and return the spec recorded in it."""
+        with self._lock:
+            store = self.store
+            if not self._opened:
+                store.open(self.wanted_spec(), create=create)
+                self._opened = True
+            recorded = store.spec()
+            if recorded is None:  # pragma: no cover - adapters record on create
+                raise CollectionNotFoundError(
+                    f"collection {self.config.store.collection!r} has no manifest"
+                )
+            return recorded
+
+    def close(self) -> None:
+        """Release the store (the embedded engine's directory lock)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+            self._opened = False
+
+    def __enter__(self) -> PageRAG:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- ingest ------------------------------------------------------------------
+
+    def ingest(
+        self,
+        inputs: Iterable[str | Path],
+        *,
+        password: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        progress: Callable[[IngestProgress], None] | None = None,
+        handle_signals: bool = False,
+    ) -> IngestReport:
+        """Ingest files, folders (recursively) and globs; see :mod:`pipeline.ingest`.
+
+        With ``handle_signals`` (the CLI sets it) SIGINT/SIGTERM stop the job
+        after the batch in flight and the report so far is returned.
+        """
+        from pipeline.sources import PasswordBook, discover, hash_file
+
+        discovery = discover(list(inputs), self.config.ingest.extensions)
+        missing = [
+            FileOutcome(
+                path=str(item),
+                status="failed",
+                reason="not_found",
+                message=f"{item}: no such file, folder or matching glob",
+            )
+            for item in discovery.missing
+        ]
+        spec = self._open(create=True)
+        self._check_model(spec)
+        book = PasswordBook(self.config.render, default=password)
+        job = IngestJob(
+            store=self.store,
+            embedder=self.embedder,
+            renderer=self.renderer,
+            spec=spec,
+            hash_file=hash_file,
+            password_for=book.password_for,
+            render_workers=self.config.render.workers,
+            embed_batch=self.config.embedding.batch_size,
+            upsert_batch=self.config.store.upsert_batch,
+            queue_pages=self.config.ingest.queue_pages,
+            store_images=self.config.ingest.store_images,
+            metadata=dict(metadata or {}),
+            progress=progress,
+        )
+        with _stop_on_signals(job.request_stop, enabled=handle_signals):
+            return job.run([f.path for f in discovery.files], failed=missing)
+
+    def _check_model(self, spec: CollectionSpec) -> None:
+        configured = self.embedder.spec
+        if spec.model != configured.name or spec.dim != configured.dim:
+            raise CollectionMismatchError(
+                f"collection {spec.name!r} was built with {spec.model} (dim {spec.dim}) but "
+                f"embedding.model is {configured.name} (dim {configured.dim}). Set "
+                f"embedding.model back to {spec.model}, or use another store.collection."
+            )
+
+    # -- manage ------------------------------------------------------------------
+
+    def status(self) -> Status:
+        store = self.store
+        spec: CollectionSpec | None
+        try:
+            spec = self._open(create=False)
+        except CollectionNotFoundError:
+            spec = None
+        if spec is None:
+            stats = StoreStats(
+                collection=self.config.store.collection,
+                model=None,
+                documents=0,
+                pages=0,
+                bytes_on_disk=None,
+                engine="qdrant-server" if self.config.store.url else "qdrant-edge",
+                location=self.config.store.url or str(self.config.store.path),
+            )
+            return Status(stats, None, self.config.embedding.model, ())
+        return Status(store.stats(), spec, self.config.embedding.model, tuple(store.documents()))
+
+    def documents(self) -> list[DocumentRecord]:
+        self._open(create=False)
+        return self.store.documents()
+
+    def delete(self, target: str | Path) -> list[DocumentRecord]:
+        """Delete a document by id or by the path it was ingested from.
+
+        Returns the records removed (empty when nothing matched).
+        """
+        self._open(create=False)
+        store = self.store
+        text = str(target)
+        records: list[DocumentRecord] = []
+        if _SHA256.match(text):
+            record = store.get_document(text)
+            if record is not None:
+                records = [record]
+            elif store.delete_document(text):  # partial leftovers of a crashed run
+                return []
+        if not records:
+            records = store.documents(source=_absolute(text))
+        for record in records:
+            store.delete_document(record.document_id)
+        return records
+
+    # -- search and ask ----------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        *,
+        filter: PageFilter | Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+    ) -> list[PageHit]:
+        """The ``k`` pages that best match ``query`` by late interaction (MaxSim)."""
+        if not isinstance(query, str) or not query.strip():
+            raise QueryError("the query is empty: pass a question or some words to search for")
+        k = self.config.retrieval.k if k is None else k
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        flt = parse_filter(filter)
+        spec = self._open(create=False)
+        self._check_model(spec)
+        vectors = self._embed_query(query)
+        store = self.store
+        using, prefetch = self._plan(spec, mode, k)
+        scored = store.search(
+            vectors,
+            k=k,
+            filter=flt if flt is not None and not flt.is_empty() else None,
+            using=using,
+            prefetch=prefetch,
+        )
+        return [self._hit(s.point_id, s.score, s.payload) for s in scored]
+
+    def _embed_query(self, query: str) -> Any:
+        embedder = self.embedder
+        limit = embedder.query_token_limit()
+        vectors = embedder.embed_query(query)
+        if vectors.shape[0] >= limit:
+            log.warning(
+                "the query is longer than the model's limit of %d tokens and was truncated", limit
+            )
+        return vectors
+
+    def _plan(
+        self, spec: CollectionSpec, mode: Mode | None, k: int
+    ) -> tuple[str | None, list[tuple[str, int]]]:
+        """Exact MaxSim over every page, or pooled prefetch + exact rerank."""
+        retrieval = self.config.retrieval
+        chosen = mode or retrieval.mode
+        if chosen not in ("exact", "two_stage", "auto"):
+            raise QueryError(f"mode must be exact, two_stage or auto, got {chosen!r}")
+        if chosen == "two_stage" and not spec.pooled:
+            raise QueryError(
+                f"collection {spec.name!r} has no pooled vectors, so two_stage retrieval is "
+                "unavailable: run `pagerag reindex --pooled` or search with --mode exact"
+            )
+        if chosen == "auto":
+            chosen = (
+                "two_stage"
+                if spec.pooled and self.store.count_pages() >= retrieval.two_stage_min_pages
+                else "exact"
+            )
+        if chosen == "exact":
+            return None, []
+        limit = max(retrieval.prefetch_k, k)
+        return None, [(name, limit) for name in spec.pooled]
+
+    def _hit(self, point_id: str, score: float, payload: Mapping[str, Any]) -> PageHit:
+        store = self.store
+
+        def load() -> bytes:
+            data = store.page_image(point_id)
+            if data is None:
+                raise LookupError(
+                    f"no image stored for page {payload.get('page')} of {payload.get('source')}: "
+                    "re-ingest with ingest.store_images: true"
+                )
+            return data
+
+        return PageHit(
+            point_id=point_id,
+            document_id=str(payload.get("document_id", "")),
+            source=str(payload.get("source", "")),
+            page_number=int(payload.get("page", 0)),
+            score=float(score),
+            payload=dict(payload),
+            image_loader=load,
+        )
+
+    def ask(
+        self,
+        question: str,
+        k: int | None = None,
+        *,
+        filter: PageFilter | Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+    ) -> Answer:
+        """Retrieve ``k`` pages and have the VLM answer from them, citing pages.
+
+        Without a VLM configured, the answer lists the retrieved pages and
+        says how to configure one (``answered`` is False).
+        """
+        from pipeline.answer import no_vlm_answer
+
+        hits = self.search(question, k=k or self.config.retrieval.k, filter=filter, mode=mode)
+        answerer = self.answerer
+        if answerer is None:
+            return no_vlm_answer(hits)
+        return answerer.answer(question, hits)
+
+    def ask_stream(
+        self,
+        question: str,
+        k: int | None = None,
+        *,
+        filter: PageFilter | Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+    ) -> StreamingAnswer | Answer:
+        """Like :meth:`ask`, but text arrives as the VLM writes it.
+
+        Iterate the result for text deltas; ``.answer`` gives the final
+        :class:`Answer`. Without a VLM, the plain no-VLM Answer is returned.
+        """
+        from pipeline.answer import no_vlm_answer
+
+        hits = self.search(question, k=k or self.config.retrieval.k, filter=filter, mode=mode)
+        answerer = self.answerer
+        if answerer is None:
+            return no_vlm_answer(hits)
+        return answerer.stream(question, hits)
+
+    async def asearch(
+        self,
+        query: str,
+        k: int | None = None,
+        *,
+        filter: PageFilter | Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+    ) -> list[PageHit]:
+        """Async :meth:`search` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.search, query, k, filter=filter, mode=mode)
+
+    async def aask(
+        self,
+        question: str,
+        k: int | None = None,
+        *,
+        filter: PageFilter | Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+    ) -> Answer:
+        """Async :meth:`ask`: async retrieval, then the VLM's async client."""
+        from pipeline.answer import no_vlm_answer
+
+        hits = await self.asearch(question, k or self.config.retrieval.k, filter=filter, mode=mode)
+        answerer = self.answerer
+        if answerer is None:
+            return no_vlm_answer(hits)
+        return await answerer.aanswer(question, hits)
+
+
+def build_store(config: PageRAGConfig) -> PageStore:
+    """The store adapter the config names: a server/``:memory:`` URL, else embedded."""
+    if config.store.url:
+        from connectors.qdrant_client import ClientPageStore
+
+        return ClientPageStore(config.store)
+    from connectors.qdrant_edge import EdgePageStore
+
+    return EdgePageStore(config.store.path, config.store.collection)
+
+
+@contextmanager
+def _stop_on_signals(stop: Callable[[], None], *, enabled: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM request a clean stop; a second SIGINT aborts at once."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    hits = {"count": 0}
+
+    def handler(signum: int, _frame: object) -> None:
+        hits["count"] += 1
+        if hits["count"] > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning(
+            "stopping after the current batch (signal %d); press Ctrl-C again to abort", signum
+        )
+        stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

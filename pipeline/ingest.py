@@ -1,0 +1,685 @@
+"""The ingestion job: files → rendered pages → embeddings → Qdrant, overlapped.
+
+Three stages run at once, joined by bounded queues so memory stays flat
+whatever the document length::
+
+    render threads (N) ──pages──▶ embed (caller's thread) ──points──▶ upsert thread
+    each drives poppler          batches of                         batches of
+    subprocesses                 embedding.batch_size               store.upsert_batch,
+                                 + pooled vectors                   + completion marks
+
+Embedding is the slowest stage with a real model, so the others work ahead
+and behind it: renderers fill the page queue while a batch is embedded, and
+upserts of batch *n* overlap the embedding of batch *n+1*.
+
+Crash safety (any kill, any moment): point ids are deterministic
+(sha256 of the file bytes + page number), so a redo overwrites instead of
+duplicating; a document is marked complete — a vectorless marker point —
+only after its pages are flushed; a rerun skips completed documents and
+redoes the rest. Superseded versions of a changed file are deleted only
+after the new version is complete, so a crash never loses what was stored.
+
+Each file ends in exactly one :class:`FileOutcome`; a bad file never stops
+the job. Only a store outage or a model that cannot load does, and then the
+files not yet done are reported as failed with that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from PIL import Image
+
+from pipeline.embed import PageEmbedder
+from pipeline.errors import InputError, ModelError, PageRAGError, StoreError
+from pipeline.pooling import pool_page
+from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
+from pipeline.types import CollectionSpec, DocumentRecord, Page, PagePoint, page_point_id
+
+__all__ = [
+    "FileOutcome",
+    "IngestJob",
+    "IngestProgress",
+    "IngestReport",
+    "PageFailure",
+    "RenderPlan",
+]
+
+Status = Literal["ingested", "skipped", "partial", "failed"]
+
+
+@dataclass(frozen=True)
+class PageFailure:
+    """A page the renderer could not produce; the rest of the document goes on."""
+
+    page_number: int
+    error: InputError
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """What the renderer learned when opening a document."""
+
+    path: Path
+    page_count: int  # pages that will be rendered
+    total_pages: int  # pages the file has (more when truncated by render.max_pages)
+
+
+class DocumentRenderer(Protocol):
+    """What the job needs from ``pipeline.render.Renderer``."""
+
+    def open(self, path: Path, *, password: str | None = None) -> RenderPlan: ...
+
+    def iter_pages(
+        self, plan: RenderPlan, *, document_id: str, source: str
+    ) -> Iterator[Page | PageFailure]: ...
+
+
+@dataclass
+class FileOutcome:
+    """The single recorded result of one input file."""
+
+    path: str
+    status: Status
+    document_id: str | None = None
+    pages: int = 0  # pages stored by this run (0 when skipped)
+    total_pages: int | None = None
+    reason: str | None = None  # machine-readable: unchanged, damaged, needs_password, ...
+    message: str | None = None  # human-readable, says what to do
+    failed_pages: list[int] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # document ids of superseded versions
+    seconds: float = 0.0
+
+
+@dataclass
+class IngestReport:
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    embed_busy_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def pages_ingested(self) -> int:
+        return sum(o.pages for o in self.outcomes)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(
+            o.status in ("ingested", "skipped") for o in self.outcomes
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every file is ingested or unchanged, 1 when some failed."""
+        return 0 if self.ok else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+            "pages_ingested": self.pages_ingested,
+            "pages_per_second": round(self.pages_ingested / self.seconds, 3)
+            if self.seconds
+            else None,
+            "embed_busy_seconds": round(self.embed_busy_seconds, 3),
+            "files": {s: self.count(s) for s in ("ingested", "skipped", "partial", "failed")},
+            "outcomes": [asdict(o) for o in self.outcomes],
+        }
+
+
+@dataclass
+class IngestProgress:
+    """Passed to the progress callback after every change."""
+
+    files_total: int
+    files_done: int
+    pages_total: int  # known pages of documents opened so far
+    pages_done: int
+    current: str | None = None
+
+
+@dataclass
+class _DocState:
+    path: Path
+    document_id: str
+    started: float
+    file_bytes: int
+    plan: RenderPlan | None = None
+    rendered: int = 0
+    stored: int = 0
+    failures: list[PageFailure] = field(default_factory=list)
+    render_done: bool = False
+    render_error: PageRAGError | None = None
+
+
+@dataclass(frozen=True)
+class _DocEnd:
+    """Queued after a document's last page: rendering of it is over."""
+
+    state: _DocState
+
+
+_STOP = object()
+
+
+class _Fatal(Exception):
+    """Wraps the error that ends the whole job (store down, model missing)."""
+
+    def __init__(self, error: PageRAGError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class IngestJob:
+    """One run over a list of files. Build with :meth:`PageRAG.ingest`, or directly."""
+
+    def __init__(
+        self,
+        *,
+        store: PageStore,
+        embedder: PageEmbedder,
+        renderer: DocumentRenderer,
+        spec: CollectionSpec,
+        hash_file: Callable[[Path], str],
+        password_for: Callable[[Path], str | None] = lambda _p: None,
+        render_workers: int = 2,
+        embed_batch: int = 2,
+        upsert_batch: int = 8,
+        queue_pages: int = 16,
+        store_images: bool = True,
+        metadata: dict[str, str] | None = None,
+        progress: Callable[[IngestProgress], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.renderer = renderer
+        self.spec = spec
+        self.hash_file = hash_file
+        self.password_for = password_for
+        self.render_workers = max(1, render_workers)
+        self.embed_batch = max(1, embed_batch)
+        self.upsert_batch = max(1, upsert_batch)
+        self.queue_pages = max(1, queue_pages)
+        self.store_images = store_images
+        self.metadata = dict(metadata or {})
+        self.progress = progress
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._fatal: PageRAGError | None = None
+        self._outcomes: dict[int, FileOutcome] = {}
+        self._pages_total = 0
+        self._pages_done = 0
+        self._files_total = 0
+
+    # -- public ---------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop after the batch in flight (SIGINT/SIGTERM handlers call this)."""
+        self.stop_event.set()
+
+    def run(self, files: Sequence[Path], *, failed: Sequence[FileOutcome] = ()) -> IngestReport:
+        """Ingest ``files`` (already discovered); ``failed`` are outcomes found earlier."""
+        started = time.monotonic()
+        self._files_total = len(files) + len(failed)
+        pages: queue.Queue[Any] = queue.Queue(maxsize=self.queue_pages)
+        points: queue.Queue[Any] = queue.Queue(maxsize=max(2, self.queue_pages // self.embed_batch))
+        todo: queue.Queue[tuple[int, Path]] = queue.Queue()
+        for index, path in enumerate(files):
+            todo.put((index, path))
+
+        renderers = [
+            threading.Thread(
+                target=self._render_worker,
+                args=(todo, pages),
+                daemon=True,
+                name=f"pagerag-render-{i}",
+            )
+            for i in range(min(self.render_workers, max(1, len(files))))
+        ]
+        upserter = threading.Thread(
+            target=self._upsert_stage, args=(points,), daemon=True, name="pagerag-upsert"
+        )
+        for thread in renderers:
+            thread.start()
+        upserter.start()
+
+        def close_pages() -> None:
+            for thread in renderers:
+                thread.join()
+            pages.put(_STOP)
+
+        closer = threading.Thread(target=close_pages, daemon=True, name="pagerag-render-join")
+        closer.start()
+        busy = 0.0
+        try:
+            busy = self._embed_stage(pages, points)
+        finally:
+            points.put(_STOP)
+            upserter.join()
+            # Unblock renderers still waiting on a full queue after a fatal error.
+            while closer.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    pages.get(timeout=0.05)
+            closer.join()
+
+        report = IngestReport(
+            seconds=time.monotonic() - started,
+            embed_busy_seconds=busy,
+            interrupted=self.stop_event.is_set() and self._fatal is None,
+        )
+        report.outcomes = list(failed)
+        for index, path in enumerate(files):
+            outcome = self._outcomes.get(index)
+            if outcome is None:  # never started: fatal error or stop request
+                if self._fatal is not None:
+                    outcome = FileOutcome(
+                        path=str(path),
+                        status="failed",
+                        reason="aborted",
+                        message=f"not ingested: the job stopped because {self._fatal}",
+                    )
+                else:
+                    outcome = FileOutcome(
+                        path=str(path),
+                        status="failed",
+                        reason="interrupted",
+                        message="not ingested: the job was interrupted; rerun to resume",
+                    )
+            report.outcomes.append(outcome)
+        return report
+
+    # -- stage 1: render --------------------------------------------------------
+
+    def _render_worker(self, todo: queue.Queue[tuple[int, Path]], pages: queue.Queue[Any]) -> None:
+        while not self._should_stop():
+            try:
+                index, path = todo.get_nowait()
+            except queue.Empty:
+                return
+            self._render_one(index, path, pages)
+
+    def _render_one(self, index: int, path: Path, pages: queue.Queue[Any]) -> None:
+        started = time.monotonic()
+        try:
+            size = path.stat().st_size
+            document_id = self.hash_file(path)
+        except OSError as exc:
+            self._finish(
+                index,
+                FileOutcome(
+                    path=str(path),
+                    status="failed",
+                    reason="unreadable",
+                    message=f"{path}: cannot read the file ({exc.strerror}); check it exists and "
+                    "is readable",
+                    seconds=time.monotonic() - started,
+                ),
+            )
+            return
+        try:
+            existing = self.store.get_document(document_id)
+        except StoreError as exc:
+            self._set_fatal(exc)
+            return
+        if existing is not None:
+            note = "unchanged since the last run"
+            if existing.source != str(path):
+                note = f"same content already ingested from {existing.source}"
+            self._finish(
+                index,
+                FileOutcome(
+                    path=str(path),
+                    status="skipped",
+                    document_id=document_id,
+                    total_pages=existing.total_pages,
+                    reason="unchanged",
+                    message=note,
+                    seconds=time.monotonic() - started,
+                ),
+            )
+            return
+
+        state = _DocState(path=path, document_id=document_id, started=started, file_bytes=size)
+        try:
+            state.plan = self.renderer.open(path, password=self.password_for(path))
+            with self._lock:
+                self._pages_total += state.plan.page_count
+            for item in self.renderer.iter_pages(
+                state.plan, document_id=document_id, source=str(path)
+            ):
+                if isinstance(item, PageFailure):
+                    state.failures.append(item)
+                else:
+                    # Decode here, not in the embed stage: the embedder's thread
+                    # should spend its time embedding.
+                    try:
+                        image = Image.open(io.BytesIO(item.jpeg)).convert("RGB")
+                    except Exception as exc:  # a corrupt page image
+                        state.failures.append(
+                            PageFailure(
+                                item.page_number,
+                                InputError(
+                                    path,
+                                    f"rendered page cannot be decoded: {exc}",
+                                    page=item.page_number,
+                                ),
+                            )
+                        )
+                        continue
+                    state.rendered += 1
+                    if not self._put(pages, (index, item, image)):
+                        break
+                if self._should_stop():
+                    break
+        except InputError as exc:
+            state.render_error = exc
+        except PageRAGError as exc:  # e.g. poppler missing: every file would fail alike
+            state.render_error = exc
+        except Exception as exc:  # a renderer bug must not kill the job
+            state.render_error = InputError(path, f"unexpected rendering failure: {exc!r}")
+        state.render_done = True
+        self._put(pages, (index, _DocEnd(state)), force=True)
+
+    def _put(self, q: queue.Queue[Any], item: Any, *, force: bool = False) -> bool:
+        while True:
+            if self._fatal is not None and not force:
+                return False
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self._fatal is not None:
+                    return False
+
+    def _should_stop(self) -> bool:
+        return self.stop_event.is_set() or self._fatal is not None
+
+    # -- stage 2: embed ---------------------------------------------------------
+
+    def _embed_stage(self, pages: queue.Queue[Any], points: queue.Queue[Any]) -> float:
+        busy = 0.0
+        batch: list[tuple[int, Page, Image.Image]] = []
+        ends: list[tuple[int, _DocEnd]] = []
+
+        def emit() -> None:
+            nonlocal busy
+            if batch:
+                t0 = time.monotonic()
+                try:
+                    built = self._embed_batch(batch)
+                except _Fatal as fatal:
+                    self._set_fatal(fatal.error)
+                    built = []
+                busy += time.monotonic() - t0
+                if built:
+                    self._put(points, built, force=True)
+                batch.clear()
+            for end in ends:
+                self._put(points, end, force=True)
+            ends.clear()
+
+        while True:
+            item = pages.get()
+            if item is _STOP:
+                emit()
+                return busy
+            if self._fatal is not None:
+                continue  # drain so renderers can finish
+            if isinstance(item[1], _DocEnd):
+                # Forwarded only after the batch holding the document's last page.
+                ends.append((item[0], item[1]))
+                if not batch:
+                    emit()
+                continue
+            if self.stop_event.is_set():
+                continue  # drop pages rendered after the stop request
+            batch.append(item)
+            if len(batch) >= self.embed_batch:
+                emit()
+
+    def _embed_batch(
+        self, batch: list[tuple[int, Page, Image.Image]]
+    ) -> list[tuple[int, PagePoint | PageFailure, str]]:
+        images = [image for _, _, image in batch]
+        results: list[Any]
+        try:
+            results = list(self.embedder.embed_images(images))
+        except ModelError as exc:
+            raise _Fatal(exc) from exc
+        except Exception:  # find the page that breaks the batch
+            results = []
+            for image in images:
+                try:
+                    results.extend(self.embedder.embed_images([image]))
+                except ModelError as exc:
+                    raise _Fatal(exc) from exc
+                except Exception as exc:
+                    results.append(exc)
+        out: list[tuple[int, PagePoint | PageFailure, str]] = []
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for (index, page, _image), vec in zip(batch, results, strict=True):
+            if isinstance(vec, Exception):
+                failure = PageFailure(
+                    page.page_number,
+                    InputError(page.source, f"embedding failed: {vec}", page=page.page_number),
+                )
+                out.append((index, failure, page.document_id))
+                continue
+            out.append((index, self._point(page, vec, now), page.document_id))
+        return out
+
+    def _point(self, page: Page, vectors: Any, now: str) -> PagePoint:
+        named = {self.spec.full_vector: vectors}
+        if self.spec.pooled:
+            pooled = pool_page(vectors, self.embedder.spec)
+            named.update({name: pooled[name] for name in self.spec.pooled})
+        payload: dict[str, Any] = {
+            "kind": KIND_PAGE,
+            "document_id": page.document_id,
+            "source": page.source,
+            "source_dirs": source_dirs(page.source),
+            "file_name": Path(page.source).name,
+            "page": page.page_number,
+            "page_count": page.page_count,
+            "width": page.width,
+            "height": page.height,
+            "dpi": page.dpi,
+            "ingested_at": now,
+            "model": self.spec.model,
+            "meta": self.metadata,
+        }
+        if self.store_images:
+            import base64
+
+            payload[IMAGE_FIELD] = base64.b64encode(page.jpeg).decode("ascii")
+        return PagePoint(
+            point_id=page_point_id(page.document_id, page.page_number),
+            vectors=named,
+            payload=payload,
+        )
+
+    # -- stage 3: upsert + completion -------------------------------------------
+
+    def _upsert_stage(self, points: queue.Queue[Any]) -> None:
+        pending: list[PagePoint] = []
+        stored: dict[str, int] = {}
+        failures: dict[str, list[PageFailure]] = {}
+
+        def write() -> None:
+            if not pending or self._fatal is not None:
+                pending.clear()
+                return
+            try:
+                for start in range(0, len(pending), self.upsert_batch):
+                    self.store.upsert_pages(pending[start : start + self.upsert_batch])
+            except StoreError as exc:
+                self._set_fatal(exc)
+                pending.clear()
+                return
+            for point in pending:
+                doc = point.payload["document_id"]
+                stored[doc] = stored.get(doc, 0) + 1
+            with self._lock:
+                self._pages_done += len(pending)
+            pending.clear()
+            self._report_progress(None)
+
+        while True:
+            item = points.get()
+            if item is _STOP:
+                write()
+                return
+            if isinstance(item, tuple) and isinstance(item[1], _DocEnd):
+                write()
+                index, end = item
+                state = end.state
+                state.stored = stored.pop(state.document_id, 0)
+                state.failures.extend(failures.pop(state.document_id, []))
+                self._complete(index, state)
+                continue
+            for _index, point, doc in item:
+                if isinstance(point, PageFailure):
+                    failures.setdefault(doc, []).append(point)
+                else:
+                    pending.append(point)
+            if len(pending) >= self.upsert_batch:
+                write()
+
+    def _complete(self, index: int, state: _DocState) -> None:
+        elapsed = time.monotonic() - state.started
+        plan = state.plan
+        failed_pages = sorted(f.page_number for f in state.failures)
+        base = dict(
+            path=str(state.path),
+            document_id=state.document_id,
+            total_pages=plan.total_pages if plan else None,
+            seconds=elapsed,
+        )
+        if self._fatal is not None:
+            self._finish(
+                index,
+                FileOutcome(
+                    status="failed",
+                    reason="aborted",
+                    pages=0,
+                    message=f"not completed: {self._fatal}; rerun to resume",
+                    **base,
+                ),
+            )
+            return
+        expected = plan.page_count if plan else 0
+        interrupted = self.stop_event.is_set() and state.stored + len(failed_pages) < expected
+        if state.render_error is not None or interrupted or state.stored == 0:
+            error = state.render_error
+            if interrupted and error is None:
+                reason = "interrupted"
+                message = "interrupted before all pages were stored; rerun to resume"
+            elif error is None:
+                first = state.failures[0].error if state.failures else None
+                reason = first.reason if first else "empty"
+                message = str(first) if first else f"{state.path}: the document has no pages"
+            else:
+                reason = getattr(error, "reason", type(error).__name__)
+                message = str(error)
+            self._finish(
+                index,
+                FileOutcome(
+                    status="failed",
+                    reason=reason,
+                    message=message,
+                    pages=state.stored,
+                    failed_pages=failed_pages,
+                    **base,
+                ),
+            )
+            return
+        record = DocumentRecord(
+            document_id=state.document_id,
+            source=str(state.path),
+            file_name=state.path.name,
+            page_count=state.stored,
+            total_pages=plan.total_pages if plan else state.stored,
+            ingested_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            model=self.spec.model,
+            bytes=state.file_bytes,
+            failed_pages=tuple(failed_pages),
+            metadata=self.metadata,
+        )
+        try:
+            self.store.flush()
+            self.store.mark_complete(record)
+            replaced = [
+                old.document_id
+                for old in self.store.documents(source=str(state.path))
+                if old.document_id != state.document_id
+            ]
+            for old_id in replaced:
+                self.store.delete_document(old_id)
+        except StoreError as exc:
+            self._set_fatal(exc)
+            self._finish(
+                index,
+                FileOutcome(
+                    status="failed", reason="store", message=f"{exc}; rerun to resume", **base
+                ),
+            )
+            return
+        status: Status = "partial" if failed_pages else "ingested"
+        message = None
+        if failed_pages:
+            message = f"pages {failed_pages} failed: {state.failures[0].error.detail}"
+        elif plan and plan.total_pages > plan.page_count:
+            message = (
+                f"truncated to the first {plan.page_count} of {plan.total_pages} pages "
+                "(render.max_pages)"
+            )
+        self._finish(
+            index,
+            FileOutcome(
+                status=status,
+                pages=state.stored,
+                failed_pages=failed_pages,
+                replaced=replaced,
+                reason="truncated" if message and not failed_pages else None,
+                message=message,
+                **base,
+            ),
+        )
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def _finish(self, index: int, outcome: FileOutcome) -> None:
+        with self._lock:
+            self._outcomes[index] = outcome
+        self._report_progress(outcome.path)
+
+    def _set_fatal(self, error: PageRAGError) -> None:
+        with self._lock:
+            if self._fatal is None:
+                self._fatal = error
+
+    def _report_progress(self, current: str | None) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            event = IngestProgress(
+                files_total=self._files_total,
+                files_done=len(self._outcomes),
+                pages_total=self._pages_total,
+                pages_done=self._pages_done,
+                current=current,
+            )
+        self.progress(event)
