@@ -26,7 +26,7 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -83,8 +83,7 @@ class PagePart:
     hit: PageHit
 
 
-# A Union (not ``|``): this alias is evaluated at runtime on Python 3.10 too.
-MessagePart = Union[TextPart, PagePart]  # noqa: UP007
+MessagePart = TextPart | PagePart
 
 
 def citation_label(hit: PageHit) -> str:
@@ -130,13 +129,12 @@ def prepare_page_jpeg(hit: PageHit, *, max_side: int, quality: int) -> bytes:
     except LookupError as exc:  # no image stored: the message says how to fix it
         raise StoreError(str(exc)) from None
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as opened:
             # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale directly: a large
             # page is never fully decoded only to be thrown away by the resize.
-            image.draft("RGB", (max_side, max_side))
-            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            if image.mode not in ("RGB", "L"):
-                image = image.convert("RGB")
+            opened.draft("RGB", (max_side, max_side))
+            opened.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            image = opened if opened.mode in ("RGB", "L") else opened.convert("RGB")
             out = io.BytesIO()
             image.save(out, format="JPEG", quality=quality)
     except (UnidentifiedImageError, OSError) as exc:
@@ -155,7 +153,7 @@ _BRACKET = re.compile(r"\[([^\[\]]{1,400})\]")
 _PAGE_REF = re.compile(
     r"\b(?:pages?|pp?|pg)\.?\s*(\d{1,6})(?:\s*[-–]\s*(\d{1,6}))?(?!\w|\.\w)", re.I
 )
-_FILE_TRIM = " \t\n,;:|/\"'`*_()"
+_FILE_TRIM = " \t\n,;:|\"'`*_()"
 _MAX_RANGE = 50
 
 
@@ -271,7 +269,7 @@ class _Accumulator:
 
 
 class StreamingAnswer:
-    """A streamed answer: iterate for text deltas, then :meth:`result` for the Answer.
+    """A streamed answer: iterate for text deltas, then :meth:`result` (or ``.answer``).
 
     ``result()`` reads whatever is left of the stream first, so calling it
     without iterating gives the whole answer too. Use as a context manager (or
@@ -312,6 +310,11 @@ class StreamingAnswer:
             for _ in self:
                 pass
         return self._acc.answer()
+
+    @property
+    def answer(self) -> Answer:
+        """Same as :meth:`result`."""
+        return self.result()
 
     def close(self) -> None:
         close = getattr(self._chunks, "close", None)
@@ -369,6 +372,13 @@ class AsyncStreamingAnswer:
         if not self._acc.done:
             async for _ in self:
                 pass
+        return self._acc.answer()
+
+    @property
+    def answer(self) -> Answer:
+        """The final Answer once the stream is read (``await result()`` reads it first)."""
+        if not self._acc.done:
+            raise RuntimeError("the stream is not finished: iterate it or await result() first")
         return self._acc.answer()
 
     async def aclose(self) -> None:
