@@ -53,6 +53,7 @@ __all__ = [
     "AnswerResult",
     "MetricDelta",
     "MetricSummary",
+    "PageKey",
     "QAItem",
     "QuestionAgreement",
     "QuestionRetrieval",
@@ -68,6 +69,7 @@ __all__ = [
     "is_declined",
     "jaccard",
     "load_questions",
+    "metric_names",
     "ndcg_at_k",
     "normalize_answer",
     "recall_at_k",
@@ -178,19 +180,22 @@ def _parse_line(path: Path, lineno: int, raw: str) -> QAItem:
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")
 
-    def text_field(key: str, *, required: bool) -> str | None:
+    def required_text(key: str) -> str:
         value = obj.get(key)
         if value is None:
-            if required:
-                raise ConfigError(f"{where}: missing required key {key!r}")
-            return None
-        if not isinstance(value, str) or (required and not value.strip()):
+            raise ConfigError(f"{where}: missing required key {key!r}")
+        if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
         return value
 
-    question = text_field("question", required=True)
-    doc = text_field("doc", required=True)
-    assert question is not None and doc is not None  # for mypy: required=True returned
+    def optional_text(key: str) -> str | None:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}: {key!r} must be a string, got {value!r}")
+        return value
+
+    question = required_text("question")
+    doc = required_text("doc")
 
     if "evidence_pages" not in obj:
         raise ConfigError(f"{where}: missing required key 'evidence_pages' (a list, may be [])")
@@ -231,9 +236,9 @@ def _parse_line(path: Path, lineno: int, raw: str) -> QAItem:
         evidence_pages=tuple(dict.fromkeys(pages)),
         answer=answer,
         answerable=answerable,
-        category=text_field("category", required=False),
+        category=optional_text("category"),
         evidence_sources=tuple(dict.fromkeys(sources)),
-        answer_format=text_field("answer_format", required=False),
+        answer_format=optional_text("answer_format"),
         line=lineno,
         extra={k: v for k, v in obj.items() if k not in _KNOWN_KEYS},
     )
@@ -683,8 +688,10 @@ _DECLINE = re.compile(
     | can\s?not\s+(?:be\s+)?(?:answer|determine|determined|find|found|infer|inferred)
     | can'?t\s+(?:answer|determine|find|tell)
     | unable\s+to\s+(?:answer|determine|find|locate|identify)
-    | (?:does|do|did)\s*(?:not|n'?t)\s+(?:contain|mention|provide|include|specify|state|show|say|give|indicate|have)
-    | not\s+(?:mentioned|provided|specified|stated|shown|available|given|included|present|found|visible|indicated|known)
+    | (?:does|do|did)\s*(?:not|n'?t)\s+
+      (?:contain|mention|provide|include|specify|state|show|say|give|indicate|have)
+    | not\s+(?:mentioned|provided|specified|stated|shown|available|given|included
+              |present|found|visible|indicated|known)
     | no\s+(?:relevant\s+)?(?:information|data|mention|evidence|details?)
     | (?:not\s+enough|insufficient)\s+(?:information|data|evidence|context)
     | i\s+(?:do\s+not|don'?t)\s+know
@@ -736,8 +743,11 @@ class AnswerResult:
     normalised elements, split on commas, semicolons, newlines and "and").
     ``contains``: the normalised expected answer (every element, for lists)
     occurs in the normalised model answer — lenient, for sentence answers.
-    ``correct`` is ``normalized`` for answerable questions and ``declined``
-    for unanswerable ones.
+    The three comparisons are made against any expected answer (for an
+    unanswerable question that is usually "Not answerable"), but ``correct``
+    is ``normalized`` for answerable questions and ``declined`` for
+    unanswerable ones: any way of declining is right there. List answers
+    whose elements themselves contain commas only reach ``contains``.
     """
 
     id: str
@@ -793,25 +803,21 @@ def score_answer(
     declined = is_declined(predicted)
     expected = item.answer
     exact = normalized = contains = False
-    if item.answerable and expected is not None:
+    if expected is not None:
         exact = predicted.strip() == expected.strip()
         pred_norm = normalize_answer(predicted)
         elements = _list_elements(expected) if item.answer_format in (None, "List") else None
         if elements is not None:
             want = {normalize_answer(e) for e in elements} - {""}
-            got = {normalize_answer(p) for p in _LIST_SPLIT.split(predicted)} - {""}
             pred_list = _list_elements(predicted)
-            if pred_list is not None:
-                got = {normalize_answer(p) for p in pred_list} - {""}
+            pieces = pred_list if pred_list is not None else _LIST_SPLIT.split(predicted)
+            got = {normalize_answer(p) for p in pieces} - {""}
             normalized = bool(want) and want == got
             contains = bool(want) and all(_contains_tokens(pred_norm, w) for w in want)
         else:
             exp_norm = normalize_answer(expected)
             normalized = pred_norm == exp_norm
             contains = _contains_tokens(pred_norm, exp_norm)
-    elif not item.answerable:
-        exact = expected is not None and predicted.strip() == expected.strip()
-        normalized = contains = declined
     correct = normalized if item.answerable else declined
     return AnswerResult(
         id=item.id,
@@ -1016,7 +1022,9 @@ def comparison_table(comparison: RunComparison, *, title: str = "A vs B") -> Tab
         )
     table.add_section()
     for name, value in comparison.agreement.items():
-        label = "top-1 agree" if name == "top1_agree" else name.replace("jaccard@", "top-k Jaccard@")
+        label = (
+            "top-1 agree" if name == "top1_agree" else name.replace("jaccard@", "top-k Jaccard@")
+        )
         table.add_row(label, "", "", f"{value:.3f}", "", "")
     return table
 
@@ -1041,7 +1049,9 @@ def answer_table(report: AnswerReport, *, title: str = "Answers") -> Table:
     if report.by_category:
         table.add_section()
         for label, group in report.by_category.items():
-            table.add_row(f"category: {label}", str(int(group["count"])), f"{group['accuracy']:.3f}")
+            table.add_row(
+                f"category: {label}", str(int(group["count"])), f"{group['accuracy']:.3f}"
+            )
     u = report.usage
     if u.answers_with_usage or u.cost is not None:
         table.add_section()

@@ -1,0 +1,305 @@
+"""Why a page matched: patch-level similarity maps and heatmaps over the page.
+
+A late-interaction score is ``MaxSim(q, d) = Σ_i max_j q_i · d_j``: each
+query token picks the one page token it resembles most. For a model with a
+fixed patch grid the page tokens ``[patch_offset, patch_offset + rows*cols)``
+are image patches in row-major order, so every similarity can be placed on
+the page. Three views are computed, all on the ``(rows, cols)`` grid:
+
+``per_token``
+    ``(q, rows, cols)``: each query token's similarity with every patch —
+    where that token "looks" on the page (``explain --per-token``).
+``contributions``
+    The MaxSim attribution (the default ``explain`` map): each query token
+    adds its maximum similarity to the one patch it matched best, so the map
+    shows exactly which patches the score was made of. It sums to ``score``
+    minus what went to the non-patch (text-prompt) tokens — see
+    ``patch_share``. It is sparse: at most ``q`` cells are lit.
+``combined``
+    ``Σ_i max(q_i · d_j, 0)``: every positive similarity summed — a dense
+    picture of where the query as a whole resembles the page; useful when
+    the sparse contribution map is too terse. Negative similarities are
+    clipped because "unlike" carries no evidence in MaxSim.
+
+Alignment: the model squashes the page to a square input ignoring aspect
+ratio, so grid cell ``(r, c)`` covers rows ``r/rows .. (r+1)/rows`` of the
+page height and columns ``c/cols .. (c+1)/cols`` of its width, whatever the
+page shape. :func:`render_heatmap` maps the grid that way onto the page.
+
+Only Pillow and numpy are used (no matplotlib): the colour map is a small
+hand-made jet-like ramp, and opacity grows with the value so cold regions
+leave the page readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.errors import QueryError
+from pipeline.models import MODELS, ModelSpec
+
+__all__ = [
+    "MapKind",
+    "SimilarityMaps",
+    "colorize",
+    "heatmap_layer",
+    "render_heatmap",
+    "render_token_maps",
+    "similarity_maps",
+]
+
+MapKind = Literal["contributions", "combined"]
+
+# Anchor colours of a jet-like ramp: blue -> cyan -> green -> yellow -> orange -> red.
+# The hot end is a saturated red, visible over white paper and over text alike
+# (a ramp ending in pale yellow vanishes on a white page).
+_ANCHORS = np.array(
+    [
+        [0.00, 30, 60, 200],
+        [0.35, 0, 190, 220],
+        [0.55, 80, 220, 80],
+        [0.75, 250, 210, 30],
+        [0.90, 245, 110, 20],
+        [1.00, 215, 25, 25],
+    ],
+    dtype=np.float32,
+)
+_LUT = np.stack(
+    [np.interp(np.linspace(0.0, 1.0, 256), _ANCHORS[:, 0], _ANCHORS[:, i]) for i in (1, 2, 3)],
+    axis=-1,
+).astype(np.float32)  # (256, 3)
+
+
+@dataclass(frozen=True)
+class SimilarityMaps:
+    """Similarities of one query with one page, laid out on the patch grid.
+
+    ``best_cell[i]`` is the ``(row, col)`` of the patch query token ``i``
+    matched best, or ``(-1, -1)`` when its best match was a non-patch token;
+    ``token_scores[i]`` is that token's maximum similarity, and ``score``
+    their sum (the page's MaxSim score). ``patch_share`` is the part of the
+    score the patch tokens earned (``contributions.sum() / score``).
+    """
+
+    per_token: NDArray[np.float32]
+    contributions: NDArray[np.float32]
+    combined: NDArray[np.float32]
+    best_cell: NDArray[np.int64]
+    token_scores: NDArray[np.float32]
+    score: float
+    grid: tuple[int, int]
+
+    @property
+    def patch_share(self) -> float:
+        return float(self.contributions.sum() / self.score) if self.score else 0.0
+
+    def map(self, kind: MapKind = "contributions") -> NDArray[np.float32]:
+        """The ``(rows, cols)`` map of the given kind (see the module docstring)."""
+        if kind == "contributions":
+            return self.contributions
+        if kind == "combined":
+            return self.combined
+        raise ValueError(f"unknown map kind {kind!r}; choose 'contributions' or 'combined'")
+
+
+def _grid_models() -> str:
+    names = sorted(name for name, spec in MODELS.items() if spec.patch_grid is not None)
+    return ", ".join(names) or "none registered"
+
+
+def similarity_maps(query: ArrayLike, page: ArrayLike, spec: ModelSpec) -> SimilarityMaps:
+    """Per-token, contribution and combined maps of ``query`` ``(q, dim)`` on ``page``.
+
+    ``page`` is the page's full multivector ``(tokens, dim)`` as stored
+    (patch tokens at ``spec.patch_offset``, plus any prompt tokens). Work
+    is done in float32 whatever the input dtype. Raises
+    :class:`~pipeline.errors.QueryError` when the model has no fixed patch
+    grid or the arrays do not fit the model.
+    """
+    if spec.patch_grid is None:
+        raise QueryError(
+            f"similarity maps are unavailable for {spec.name}: it tiles pages adaptively and "
+            f"has no fixed patch grid to draw on. Use a model with one ({_grid_models()})."
+        )
+    rows, cols = spec.patch_grid
+    q = np.asarray(query, dtype=np.float32)
+    d = np.asarray(page, dtype=np.float32)
+    if q.ndim != 2 or q.shape[0] == 0:
+        raise QueryError(f"query vectors must have shape (tokens, dim), got {q.shape}")
+    if d.ndim != 2:
+        raise QueryError(f"page vectors must have shape (tokens, dim), got {d.shape}")
+    if q.shape[1] != d.shape[1] or d.shape[1] != spec.dim:
+        raise QueryError(
+            f"dimension mismatch: query {q.shape[1]}, page {d.shape[1]}, "
+            f"model {spec.name} {spec.dim}; were both embedded with this model?"
+        )
+    first, last = spec.patch_offset, spec.patch_offset + rows * cols
+    if d.shape[0] < last:
+        raise QueryError(
+            f"the page has {d.shape[0]} vectors but {spec.name} puts {rows}x{cols} patch "
+            f"tokens at rows {first}..{last - 1}; was it embedded with this model?"
+        )
+
+    sims = q @ d.T  # (q, tokens)
+    best = sims.argmax(axis=1)
+    token_scores = sims[np.arange(q.shape[0]), best]
+    patch_sims = sims[:, first:last]  # (q, rows*cols), row-major patch order
+
+    contributions = np.zeros(rows * cols, dtype=np.float32)
+    in_grid = (best >= first) & (best < last)
+    np.add.at(contributions, best[in_grid] - first, token_scores[in_grid])
+    best_cell = np.full((q.shape[0], 2), -1, dtype=np.int64)
+    best_cell[in_grid, 0] = (best[in_grid] - first) // cols
+    best_cell[in_grid, 1] = (best[in_grid] - first) % cols
+
+    return SimilarityMaps(
+        per_token=patch_sims.reshape(q.shape[0], rows, cols),
+        contributions=contributions.reshape(rows, cols),
+        combined=np.clip(patch_sims, 0.0, None).sum(axis=0).reshape(rows, cols),
+        best_cell=best_cell,
+        token_scores=token_scores.astype(np.float32),
+        score=float(token_scores.sum()),
+        grid=(rows, cols),
+    )
+
+
+def _normalise(
+    grid_map: NDArray[np.floating], vmin: float | None, vmax: float | None
+) -> NDArray[np.float32]:
+    values = np.asarray(grid_map, dtype=np.float32)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"a grid map must be a non-empty 2-D array, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("the grid map contains NaN or infinite values")
+    lo = float(values.min()) if vmin is None else vmin
+    hi = float(values.max()) if vmax is None else vmax
+    if hi <= lo:  # a flat map carries no heat
+        return np.zeros_like(values)
+    scaled: NDArray[np.float32] = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    return scaled
+
+
+def colorize(values: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """Map values in ``[0, 1]`` to RGB with the module's colour ramp (``(..., 3)`` uint8)."""
+    index = np.clip(np.rint(np.asarray(values, dtype=np.float32) * 255), 0, 255).astype(np.intp)
+    return _LUT[index].astype(np.uint8)
+
+
+def _upscale(
+    values: NDArray[np.float32], size: tuple[int, int], *, smooth: bool
+) -> NDArray[np.float32]:
+    """Stretch a ``(rows, cols)`` grid over ``size = (width, height)`` pixels.
+
+    Pixel ``(y, x)`` belongs to cell ``(floor((y + .5) * rows / height),
+    floor((x + .5) * cols / width))``: the cell's share of the page is the
+    same on both axes whatever the aspect ratio. ``smooth`` interpolates
+    bilinearly between cell centres instead (same alignment).
+    """
+    width, height = size
+    rows, cols = values.shape
+    if smooth:
+        resized = Image.fromarray(values).resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(resized, dtype=np.float32)
+    row_of = np.minimum(((np.arange(height) + 0.5) * rows / height).astype(np.intp), rows - 1)
+    col_of = np.minimum(((np.arange(width) + 0.5) * cols / width).astype(np.intp), cols - 1)
+    stretched: NDArray[np.float32] = values[row_of[:, None], col_of[None, :]]
+    return stretched
+
+
+def heatmap_layer(
+    grid_map: NDArray[np.floating],
+    size: tuple[int, int],
+    *,
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    smooth: bool = False,
+) -> Image.Image:
+    """The coloured RGBA overlay for a page of ``size = (width, height)``.
+
+    The map is scaled to ``[0, 1]`` (between ``vmin`` and ``vmax``, by
+    default its own minimum and maximum; pass both to share a scale between
+    maps), coloured, and given an opacity of ``alpha × value``: cold cells
+    stay transparent so the page remains readable under them.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"bad image size {size}")
+    values = _upscale(_normalise(grid_map, vmin, vmax), (width, height), smooth=smooth)
+    rgba = np.empty((height, width, 4), dtype=np.uint8)
+    rgba[..., :3] = colorize(values)
+    rgba[..., 3] = np.clip(np.rint(values * alpha * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(rgba)
+
+
+def render_heatmap(
+    image: Image.Image,
+    grid_map: NDArray[np.floating],
+    *,
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    smooth: bool = False,
+) -> Image.Image:
+    """``image`` (RGB, same size) with ``grid_map`` blended over it.
+
+    Any grid shape works; the grid is stretched over the whole page exactly
+    as the model squashed the page into its square input.
+    """
+    base = image.convert("RGBA")
+    layer = heatmap_layer(grid_map, base.size, alpha=alpha, vmin=vmin, vmax=vmax, smooth=smooth)
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def render_token_maps(
+    image: Image.Image,
+    per_token: NDArray[np.floating],
+    *,
+    labels: Sequence[str] | None = None,
+    columns: int = 4,
+    thumb_width: int = 320,
+    alpha: float = 0.6,
+    shared_scale: bool = False,
+) -> Image.Image:
+    """One heatmap per query token, tiled into a single labelled image.
+
+    Each map is scaled on its own (where does *this* token look) unless
+    ``shared_scale``, which puts all on one scale (which tokens matter).
+    ``labels`` default to ``token 0``, ``token 1`` …
+    """
+    maps = np.asarray(per_token, dtype=np.float32)
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"per-token maps must have shape (tokens, rows, cols), got {maps.shape}")
+    if columns < 1 or thumb_width < 1:
+        raise ValueError("columns and thumb_width must be positive")
+    count = maps.shape[0]
+    if labels is None:
+        labels = [f"token {i}" for i in range(count)]
+    elif len(labels) != count:
+        raise ValueError(f"{len(labels)} labels for {count} token maps")
+    vmin = float(maps.min()) if shared_scale else None
+    vmax = float(maps.max()) if shared_scale else None
+
+    thumb_height = max(1, round(image.height * thumb_width / image.width))
+    thumb = image.convert("RGB").resize((thumb_width, thumb_height), Image.Resampling.LANCZOS)
+    font = ImageFont.load_default()
+    label_height = 16
+    cols = min(columns, count)
+    rows = -(-count // cols)
+    sheet = Image.new("RGB", (cols * thumb_width, rows * (thumb_height + label_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i in range(count):
+        x = (i % cols) * thumb_width
+        y = (i // cols) * (thumb_height + label_height)
+        draw.text((x + 4, y + 2), str(labels[i]), fill="black", font=font)
+        tile = render_heatmap(thumb, maps[i], alpha=alpha, vmin=vmin, vmax=vmax)
+        sheet.paste(tile, (x, y + label_height))
+    return sheet

@@ -1,0 +1,402 @@
+"""Evaluation arithmetic against hand-computed values, and the QA file loader."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.evaluate import (
+    QAItem,
+    answer_table,
+    compare_runs,
+    comparison_table,
+    default_doc_key,
+    evaluate_answers,
+    evaluate_retrieval,
+    is_declined,
+    jaccard,
+    load_questions,
+    ndcg_at_k,
+    normalize_answer,
+    recall_at_k,
+    reciprocal_rank,
+    render_text,
+    retrieval_metrics,
+    retrieval_table,
+    score_answer,
+)
+from pipeline.types import Usage
+
+LOG2_3 = math.log2(3)  # discount at rank 2
+LOG2_4 = 2.0  # discount at rank 3
+
+
+# ------------------------------------------------------------ single ranking
+
+
+def test_one_relevant_page_at_rank_two():
+    # relevant {3}; ranked [5, 3, 8, 9]
+    ranked, relevant = [5, 3, 8, 9], {3}
+    assert recall_at_k(ranked, relevant, 1) == 0.0  # 5 is not relevant
+    assert recall_at_k(ranked, relevant, 3) == 1.0  # 3 is within the first 3
+    # DCG@3 = 0/log2(2) + 1/log2(3) + 0 ; IDCG@3 over min(3, 1) = 1 page = 1/log2(2) = 1
+    assert ndcg_at_k(ranked, relevant, 3) == pytest.approx(1 / LOG2_3)
+    assert ndcg_at_k(ranked, relevant, 3) == pytest.approx(0.6309, abs=1e-4)
+    assert ndcg_at_k(ranked, relevant, 1) == 0.0
+    assert reciprocal_rank(ranked, relevant) == 0.5  # first hit at rank 2
+    assert reciprocal_rank(ranked, relevant, k=1) == 0.0  # MRR@1: not in the first rank
+
+
+def test_two_relevant_pages():
+    # relevant {3, 7}; ranked [3, 5, 7, 1]
+    ranked, relevant = [3, 5, 7, 1], {3, 7}
+    assert recall_at_k(ranked, relevant, 1) == 0.5  # 1 of 2
+    assert recall_at_k(ranked, relevant, 3) == 1.0
+    # DCG@3 = 1/log2(2) + 0 + 1/log2(4) = 1 + 0.5 = 1.5
+    # IDCG@3 over min(3, 2) = 2 pages = 1 + 1/log2(3) = 1.6309
+    assert ndcg_at_k(ranked, relevant, 3) == pytest.approx(1.5 / (1 + 1 / LOG2_3))
+    assert ndcg_at_k(ranked, relevant, 3) == pytest.approx(0.9197, abs=1e-4)
+    # nDCG@1: DCG = 1, IDCG over min(1, 2) = 1 page = 1
+    assert ndcg_at_k(ranked, relevant, 1) == 1.0
+    assert reciprocal_rank(ranked, relevant) == 1.0
+
+
+def test_duplicates_in_the_ranking_earn_nothing_twice():
+    # relevant {3, 7}; ranked [3, 3, 7]: the second 3 keeps its slot but gains 0
+    ranked, relevant = [3, 3, 7], {3, 7}
+    assert recall_at_k(ranked, relevant, 2) == 0.5  # not 1.0: 3 counted once
+    assert recall_at_k(ranked, relevant, 3) == 1.0
+    # DCG@3 = 1 + 0 + 1/log2(4) = 1.5 ; IDCG@3 = 1 + 1/log2(3)
+    assert ndcg_at_k(ranked, relevant, 3) == pytest.approx(1.5 / (1 + 1 / LOG2_3))
+    # relevant {3}; ranked [3, 3]: never above 1
+    assert recall_at_k([3, 3], {3}, 2) == 1.0
+    assert ndcg_at_k([3, 3], {3}, 2) == 1.0
+
+
+def test_no_relevant_page_retrieved():
+    ranked, relevant = [1, 2, 4, 5, 6], {9}
+    assert recall_at_k(ranked, relevant, 5) == 0.0
+    assert ndcg_at_k(ranked, relevant, 5) == 0.0
+    assert reciprocal_rank(ranked, relevant) == 0.0
+
+
+def test_short_ranking_and_bad_arguments():
+    # Only 2 pages retrieved, k = 10: recall counts what is there.
+    assert recall_at_k([4, 9], {9}, 10) == 1.0
+    # DCG = 1/log2(3); IDCG@10 over 1 page = 1
+    assert ndcg_at_k([4, 9], {9}, 10) == pytest.approx(1 / LOG2_3)
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k([1], {1}, 0)
+    with pytest.raises(ValueError, match="undefined"):
+        ndcg_at_k([1], set(), 3)
+
+
+def test_retrieval_metrics_keys():
+    metrics = retrieval_metrics([5, 3], {3}, ks=(1, 3))
+    assert list(metrics) == ["recall@1", "recall@3", "ndcg@1", "ndcg@3", "mrr"]
+
+
+# ------------------------------------------------------------- aggregation
+
+
+def _item(qid: str, doc: str, pages: list[int], **kw: Any) -> QAItem:
+    return QAItem(id=qid, question=f"q {qid}", doc=doc, evidence_pages=tuple(pages), **kw)
+
+
+@pytest.fixture
+def fixture_items() -> list[QAItem]:
+    return [
+        # q1: relevant a.pdf p3, ranked a3 first -> all metrics 1
+        _item("q1", "docs/a.pdf", [3], category="paper", evidence_sources=("Table",)),
+        # q2: relevant a.pdf p3, ranked [b3, a3] -> R@1 0, R@3 1, nDCG@3 1/log2 3, MRR .5
+        _item("q2", "docs/a.pdf", [3], category="paper", evidence_sources=("Table", "Chart")),
+        # q3: relevant b.pdf p2, not retrieved -> all 0
+        _item("q3", "docs/b.pdf", [2], category="report", evidence_sources=("Chart",)),
+        # q4: unanswerable -> excluded
+        _item("q4", "docs/b.pdf", [], answerable=False, category="report"),
+        # q5: answerable but no evidence pages -> excluded
+        _item("q5", "docs/b.pdf", [], category="report"),
+    ]
+
+
+RUN_A = {
+    "q1": [("/data/docs/a.pdf", 3), ("/data/docs/a.pdf", 4)],
+    "q2": [("/data/docs/b.pdf", 3), ("/data/docs/a.pdf", 3)],
+    "q3": [("/data/docs/a.pdf", 1)],
+    "q4": [("/data/docs/b.pdf", 1)],
+    "q5": [],
+}
+
+
+def test_evaluate_retrieval_aggregates(fixture_items):
+    report = evaluate_retrieval(fixture_items, RUN_A, ks=(1, 3), config={"mode": "exact"})
+    assert report.excluded == {"unanswerable": 1, "no_evidence": 1}
+    assert report.overall.count == 3
+    means = report.overall.means
+    # recall@1: (1 + 0 + 0) / 3
+    assert means["recall@1"] == pytest.approx(1 / 3)
+    # recall@3: (1 + 1 + 0) / 3
+    assert means["recall@3"] == pytest.approx(2 / 3)
+    # nDCG@3: (1 + 1/log2 3 + 0) / 3
+    assert means["ndcg@3"] == pytest.approx((1 + 1 / LOG2_3) / 3)
+    # MRR: (1 + 0.5 + 0) / 3
+    assert means["mrr"] == pytest.approx(0.5)
+
+    # per category: paper = q1, q2 ; report = q3 only (q4, q5 excluded)
+    assert report.by_category["paper"].count == 2
+    assert report.by_category["paper"].means["mrr"] == pytest.approx(0.75)
+    assert report.by_category["report"].count == 1
+    assert report.by_category["report"].means["recall@3"] == 0.0
+    # per source: q2 counts under both Table and Chart
+    assert report.by_source["Table"].count == 2  # q1, q2
+    assert report.by_source["Table"].means["mrr"] == pytest.approx(0.75)
+    assert report.by_source["Chart"].count == 2  # q2, q3
+    assert report.by_source["Chart"].means["mrr"] == pytest.approx(0.25)
+
+    q2 = next(q for q in report.questions if q.id == "q2")
+    assert q2.first_relevant_rank == 2
+    q4 = next(q for q in report.questions if q.id == "q4")
+    assert q4.metrics is None
+    assert q4.excluded == "unanswerable"
+
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["overall"]["count"] == 3
+    assert data["config"] == {"mode": "exact"}
+    assert data["by_evidence_source"]["Chart"]["count"] == 2
+    assert len(data["per_question"]) == 5
+
+    text = render_text(retrieval_table(report))
+    assert "overall" in text
+    assert "category: paper" in text
+    assert "source: Chart" in text
+    assert "0.500" in text  # overall MRR
+
+
+def test_evaluate_retrieval_refuses_missing_rankings_and_key_clashes(fixture_items):
+    with pytest.raises(ValueError, match="no ranking"):
+        evaluate_retrieval(fixture_items, {"q1": []})
+    clash = [_item("x", "one/a.pdf", [1]), _item("y", "two/a.pdf", [1])]
+    with pytest.raises(ValueError, match="share the key"):
+        evaluate_retrieval(clash, {"x": [], "y": []})
+    # ... which a finer doc_key resolves
+    report = evaluate_retrieval(clash, {"x": [("one/a.pdf", 1)], "y": []}, doc_key=str)
+    assert report.overall.means["mrr"] == 0.5
+
+
+def test_default_doc_key():
+    assert default_doc_key("docs/a.pdf") == default_doc_key("/abs/x/docs/a.pdf") == "a.pdf"
+    assert default_doc_key(r"C:\x\a.pdf") == "a.pdf"
+
+
+# --------------------------------------------------------------- comparison
+
+
+def test_compare_runs_deltas_and_agreement(fixture_items):
+    a = evaluate_retrieval(fixture_items, RUN_A, ks=(1, 3), config={"mode": "exact"})
+    run_b = {
+        "q1": [("docs/a.pdf", 4), ("docs/a.pdf", 3)],  # top-1 changed; MRR 1 -> .5
+        "q2": [("docs/a.pdf", 3), ("docs/b.pdf", 3)],  # swapped: MRR .5 -> 1
+        "q3": [("docs/a.pdf", 1)],  # identical
+        "q4": [("docs/b.pdf", 9)],  # unanswerable, different page
+        "q5": [],  # both empty: full agreement
+    }
+    b = evaluate_retrieval(fixture_items, run_b, ks=(1, 3), config={"mode": "two_stage"})
+    cmp = compare_runs(a, b)
+
+    # MRR: A = (1 + .5 + 0)/3 = .5 ; B = (.5 + 1 + 0)/3 = .5 ; delta 0
+    assert cmp.overall["mrr"].delta == pytest.approx(0.0)
+    # recall@1: A = 1/3 (q1) ; B = 1/3 (q2) ; delta 0 — but one better, one worse
+    assert cmp.better["recall@1"] == 1
+    assert cmp.worse["recall@1"] == 1
+    # per category paper: recall@1 A = (1+0)/2, B = (0+1)/2
+    assert cmp.by_category["paper"]["recall@1"].delta == pytest.approx(0.0)
+
+    # Jaccard@1 per question: q1 {a3} vs {a4} = 0 ; q2 {b3} vs {a3} = 0 ; q3 1 ; q4 0 ; q5 1
+    assert cmp.agreement["jaccard@1"] == pytest.approx(2 / 5)
+    # Jaccard@3: q1 {a3,a4} vs same = 1 ; q2 1 ; q3 1 ; q4 {b1} vs {b9} = 0 ; q5 1
+    assert cmp.agreement["jaccard@3"] == pytest.approx(4 / 5)
+    # top-1 agrees on q3 and q5 (both empty)
+    assert cmp.agreement["top1_agree"] == pytest.approx(2 / 5)
+
+    data = json.loads(json.dumps(cmp.to_dict()))
+    assert data["overall"]["mrr"]["delta"] == 0.0
+    assert data["compared"] == 5
+    text = render_text(comparison_table(cmp))
+    assert "MRR" in text
+    assert "top-1 agree" in text
+    assert "two_stage" in text
+
+
+def test_compare_runs_deltas_nonzero(fixture_items):
+    a = evaluate_retrieval(fixture_items, RUN_A, ks=(1, 3, 5))
+    b = evaluate_retrieval(
+        fixture_items, {**RUN_A, "q3": [("x/b.pdf", 2)]}, ks=(3, 10)
+    )  # q3 now found at rank 1
+    cmp = compare_runs(a, b)
+    assert cmp.ks == (3,)  # only the common k (and mrr)
+    # recall@3: A 2/3 -> B 3/3
+    assert cmp.overall["recall@3"].delta == pytest.approx(1 / 3)
+    # MRR: A .5 -> B (1 + .5 + 1)/3
+    assert cmp.overall["mrr"].b == pytest.approx(2.5 / 3)
+    assert cmp.better["mrr"] == 1
+    assert cmp.worse["mrr"] == 0
+
+
+def test_jaccard():
+    assert jaccard([1, 2], [2, 3]) == pytest.approx(1 / 3)
+    assert jaccard([], []) == 1.0
+
+
+# ------------------------------------------------------------------ answers
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("1,234.0", "1234"),
+        ("The Berlin School", "berlin school"),
+        ("21%", "21"),
+        ("21 percent", "21%"),
+        ("0.450", "0.45"),
+        ("  Eating   out. ", "eating out"),
+        ("An apple", "apple"),
+    ],
+)
+def test_normalize_answer_equal(a, b):
+    assert normalize_answer(a) == normalize_answer(b)
+
+
+@pytest.mark.parametrize(("a", "b"), [("12", "1.2"), ("-5", "5"), ("198", "19.8")])
+def test_normalize_answer_different(a, b):
+    assert normalize_answer(a) != normalize_answer(b)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Not answerable",
+        "The document does not contain this information.",
+        "This cannot be determined from the provided pages.",
+        "The year is not mentioned.",
+        "There is no information about the 2015 budget.",
+        "The pages don’t mention it.",
+        "I don't know.",
+    ],
+)
+def test_declined(text):
+    assert is_declined(text)
+
+
+@pytest.mark.parametrize("text", ["Berlin", "The answer is 42.", "Eating out"])
+def test_not_declined(text):
+    assert not is_declined(text)
+
+
+def test_score_answers_and_report():
+    num = _item("n", "d.pdf", [1], answer="1,234", answer_format="Int", category="fin")
+    txt = _item("s", "d.pdf", [1], answer="Eating out", answer_format="Str", category="fin")
+    lst = _item("l", "d.pdf", [1], answer="['3', '1']", answer_format="List", category="doc")
+    una = _item("u", "d.pdf", [], answer="Not answerable", answerable=False, answer_format="None")
+
+    r_num = score_answer(num, "1234", usage=Usage(10, 2, 12), cost=0.001)
+    assert (r_num.exact, r_num.normalized, r_num.correct) == (False, True, True)
+    r_txt = score_answer(txt, "People spent more on eating out.", usage=Usage(20, 8, 28))
+    assert (r_txt.normalized, r_txt.contains, r_txt.correct) == (False, True, False)
+    r_lst = score_answer(lst, "1 and 3")
+    assert (r_lst.normalized, r_lst.contains) == (True, True)
+    assert not score_answer(lst, "3").normalized
+    r_una = score_answer(una, "The document does not say.", cost=0.002)
+    assert r_una.declined
+    assert r_una.correct
+    wrong_decline = score_answer(txt, "Not answerable")
+    assert wrong_decline.declined
+    assert not wrong_decline.correct
+
+    report = evaluate_answers([r_num, r_txt, r_lst, r_una], config={"vlm": "m"})
+    assert (report.answerable, report.unanswerable) == (3, 1)
+    assert report.exact == 0.0
+    assert report.normalized == pytest.approx(2 / 3)  # num, list
+    assert report.contains == 1.0
+    assert report.declined_unanswerable == 1.0
+    assert report.accuracy == pytest.approx(3 / 4)  # num, list, unanswerable
+    assert report.by_category["fin"] == {"count": 2, "accuracy": 0.5}
+    # usage: only 2 answers reported tokens; cost summed over those that had one
+    assert report.usage.answers_with_usage == 2
+    assert (report.usage.prompt_tokens, report.usage.total_tokens) == (30, 40)
+    assert report.usage.cost == pytest.approx(0.003)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["usage"]["completion_tokens"] == 10
+    text = render_text(answer_table(report))
+    assert "normalised match" in text
+    assert "total tokens" in text
+
+    no_usage = evaluate_answers([r_lst])
+    assert no_usage.usage.prompt_tokens is None
+    assert no_usage.usage.cost is None
+
+
+# --------------------------------------------------------------- the loader
+
+
+def test_load_questions_corpus(corpus: Path):
+    items = load_questions(corpus / "qa" / "questions.jsonl")
+    assert len(items) == 92
+    assert sum(not it.answerable for it in items) == 30
+    assert all(it.has_evidence == it.answerable for it in items)
+    first = items[0]
+    assert first.id == "mmlb-0013"
+    assert first.evidence_pages == (2,)
+    assert first.extra == {"source": "mmlongbench-doc"}
+    assert {it.answer for it in items if not it.answerable} == {"Not answerable"}
+    # every unanswerable expected answer counts as declined
+    assert all(is_declined(it.answer or "") for it in items if not it.answerable)
+    # and no answerable expected answer looks like a refusal
+    assert not any(is_declined(it.answer or "") for it in items if it.answerable)
+
+
+def test_load_questions_defaults(tmp_path: Path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "Q?", "doc": "a.pdf", "evidence_pages": [2, 2]}\n\n')
+    [item] = load_questions(path)
+    assert item.id == "line-1"
+    assert item.answerable
+    assert item.evidence_pages == (2,)
+    assert item.category is None
+    assert item.evidence_sources == ()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"doc": "a.pdf", "evidence_pages": []}', "'question'"),
+        ('{"question": "Q", "evidence_pages": []}', "'doc'"),
+        ('{"question": "Q", "doc": "a.pdf"}', "'evidence_pages'"),
+        ('{"question": "Q", "doc": "a.pdf", "evidence_pages": [0]}', "1-based"),
+        ('{"question": "Q", "doc": "a.pdf", "evidence_pages": ["2"]}', "1-based"),
+        ('{"question": "Q", "doc": "a.pdf", "evidence_pages": [], "answerable": "no"}', "true"),
+        ('{"id": "a", "question": "Q", "doc": "a.pdf", "evidence_pages": []}', "duplicate id"),
+    ],
+)
+def test_load_questions_bad_line_names_the_line(tmp_path: Path, line: str, message: str):
+    path = tmp_path / "q.jsonl"
+    good = '{"id": "a", "question": "Q", "doc": "a.pdf", "evidence_pages": [1]}'
+    path.write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_questions(path)
+    assert f"{path}:3:" in str(info.value)
+
+
+def test_load_questions_empty_or_missing(tmp_path: Path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="no questions"):
+        load_questions(empty)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_questions(tmp_path / "missing.jsonl")
