@@ -64,6 +64,7 @@ class FastEmbedColPali:
         self._lock = threading.Lock()
         self._embedding: Any = None  # fastembed.LateInteractionMultimodalEmbedding
         self._session_ready = False
+        self._query_limit: int | None = None  # asked on every search: read once
 
     @property
     def spec(self) -> ModelSpec:
@@ -108,6 +109,8 @@ class FastEmbedColPali:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not queries:
+            return []
         embedding = self._ready()
         inner = embedding.model
         out: list[Float16Array] = []
@@ -120,24 +123,26 @@ class FastEmbedColPali:
         return out
 
     def query_token_limit(self) -> int:
-        """Tokens of user text that fit before the tokenizer truncates.
+        """The most rows :meth:`embed_query` returns: the tokenizer's truncation length.
 
-        The model's limit (``model_max_length``) covers the whole prompt
-        fastembed builds, so the template's own tokens are subtracted
-        (counted on an empty query, which may over-count by one: the limit is
-        conservative). Only the tokenizer is read; the ONNX session is not
-        opened.
+        It counts the whole prompt fastembed builds (for ColPali ``<s>Query: ``,
+        the query, 10 ``<pad>`` augmentation tokens and a newline), the way the
+        output rows do, so a query whose vectors reach this many rows was
+        truncated. Only the tokenizer is read; the ONNX session is not opened.
         """
+        if self._query_limit is not None:
+            return self._query_limit
         embedding = self._resolve()
         try:
-            template_tokens = int(embedding.token_count("", include_extension=True))
+            embedding.token_count("")  # public way to make fastembed load its tokenizer
             truncation = embedding.model.tokenizer.truncation or {}
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read the tokenizer of {self._spec.name}: {exc}") from exc
         max_length = truncation.get("max_length")
-        if not isinstance(max_length, int):
+        if not isinstance(max_length, int) or max_length < 1:
             raise ModelError(f"the tokenizer of {self._spec.name} sets no truncation length")
-        return max(1, max_length - template_tokens)
+        self._query_limit = max_length
+        return max_length
 
     # -- loading -------------------------------------------------------------
 
@@ -170,11 +175,7 @@ class FastEmbedColPali:
         try:
             from fastembed import LateInteractionMultimodalEmbedding
         except ImportError as exc:
-            error = OptionalDependencyError("Page embedding", "cpu", "fastembed")
-            error.args = (
-                f"{error} (or 'pagerag[gpu]' on a CUDA machine: never both) [{exc}]",
-            )
-            raise error from exc
+            raise _missing_fastembed(exc) from exc
 
         description = self._description(LateInteractionMultimodalEmbedding)
         required = [description["model_file"], *description["additional_files"], *_CONFIG_FILES]
@@ -193,7 +194,11 @@ class FastEmbedColPali:
         try:
             embedding = LateInteractionMultimodalEmbedding(**kwargs)
         except Exception as exc:  # ValueError, OSError, hub and HTTP errors alike
-            raise self._not_available(f"fastembed could not find or download it ({exc})") from exc
+            where = config.cache_dir or "fastembed's default cache"
+            raise self._not_available(
+                f"it is not in {where} and could not be downloaded (fastembed: {exc})",
+                offline_hint=True,
+            ) from exc
         if config.model_path is None:
             # fastembed checked the ONNX files of a cached snapshot, not the tokenizer ones
             model_dir = getattr(embedding.model, "_model_dir", None)
@@ -242,16 +247,21 @@ class FastEmbedColPali:
         if missing:
             raise self._not_available(f"{model_dir} lacks {', '.join(missing)}")
 
-    def _not_available(self, reason: str) -> ModelNotAvailableError:
+    def _not_available(self, reason: str, *, offline_hint: bool = False) -> ModelNotAvailableError:
         name = self._spec.name
+        hint = (
+            " Set HF_HUB_OFFLINE=1 on machines without internet, so that a missing model "
+            "fails at once instead of after ~40 s of download retries."
+            if offline_hint
+            else ""
+        )
         return ModelNotAvailableError(
             f"the embedding model {name} (~{self._spec.size_gb:g} GB) is not available: "
             f"{reason}. On a machine with internet, run "
             f"`huggingface-cli download {name} --local-dir DIR`, copy DIR here and set "
             "embedding.model_path: DIR in the config (or the environment variable "
             "PAGERAG_EMBEDDING__MODEL_PATH=DIR); or point embedding.cache_dir at a "
-            "fastembed cache that holds it. Set HF_HUB_OFFLINE=1 on machines without "
-            "internet so a missing model fails at once instead of after ~40 s of retries."
+            f"fastembed cache that holds it.{hint}"
         )
 
     def _model_dir_label(self) -> str:
@@ -271,6 +281,17 @@ class FastEmbedColPali:
         if array.dtype != np.float16:
             array = array.astype(np.float16)
         return array
+
+
+def _missing_fastembed(cause: ImportError) -> OptionalDependencyError:
+    """The error for a missing fastembed, naming both extras that provide it."""
+    error = OptionalDependencyError("Page embedding", "cpu", "fastembed")
+    # OptionalDependencyError names one extra; fastembed comes from either of two.
+    # ImportError.__str__ prints .msg, so both it and .args carry the full text.
+    text = f"{error} (or 'pagerag[gpu]' on a CUDA machine, never both) [{cause}]"
+    error.msg = text
+    error.args = (text,)
+    return error
 
 
 def _strip_padding(vec: Any, attention_mask: Sequence[int]) -> Any:
