@@ -159,10 +159,14 @@ class _DocState:
     file_bytes: int
     plan: RenderPlan | None = None
     rendered: int = 0
-    stored: int = 0
+    stored_pages: set[int] = field(default_factory=set)
     failures: list[PageFailure] = field(default_factory=list)
     render_done: bool = False
     render_error: PageRAGError | None = None
+
+    @property
+    def stored(self) -> int:
+        return len(self.stored_pages)
 
 
 @dataclass(frozen=True)
@@ -515,7 +519,7 @@ class IngestJob:
 
     def _upsert_stage(self, points: queue.Queue[Any]) -> None:
         pending: list[PagePoint] = []
-        stored: dict[str, int] = {}
+        stored: dict[str, set[int]] = {}
         failures: dict[str, list[PageFailure]] = {}
 
         def write() -> None:
@@ -531,7 +535,7 @@ class IngestJob:
                 return
             for point in pending:
                 doc = point.payload["document_id"]
-                stored[doc] = stored.get(doc, 0) + 1
+                stored.setdefault(doc, set()).add(int(point.payload["page"]))
             with self._lock:
                 self._pages_done += len(pending)
             pending.clear()
@@ -546,7 +550,7 @@ class IngestJob:
                 write()
                 index, end = item
                 state = end.state
-                state.stored = stored.pop(state.document_id, 0)
+                state.stored_pages = stored.pop(state.document_id, set())
                 state.failures.extend(failures.pop(state.document_id, []))
                 self._complete(index, state)
                 continue
@@ -559,53 +563,23 @@ class IngestJob:
                 write()
 
     def _complete(self, index: int, state: _DocState) -> None:
-        elapsed = time.monotonic() - state.started
+        """Decide a rendered document's outcome; mark it complete if it is."""
+        failure = self._failure(state)
+        if failure is not None:
+            reason, message = failure
+            self._finish(index, self._outcome(state, "failed", reason=reason, message=message))
+            return
         plan = state.plan
-        failed_pages = sorted(f.page_number for f in state.failures)
-        base = dict(
-            path=str(state.path),
-            document_id=state.document_id,
-            total_pages=plan.total_pages if plan else None,
-            seconds=elapsed,
-        )
-        if self._fatal is not None:
-            self._finish(
-                index,
-                FileOutcome(
-                    status="failed",
-                    reason="aborted",
-                    pages=0,
-                    message=f"not completed: {self._fatal}; rerun to resume",
-                    **base,
-                ),
+        if isinstance(state.render_error, InputError) and plan is not None:
+            # Rendering broke off (timeout, damaged page): keep what was stored,
+            # record every page that was not as failed.
+            done = state.stored_pages | {f.page_number for f in state.failures}
+            state.failures.extend(
+                PageFailure(n, state.render_error)
+                for n in range(1, plan.page_count + 1)
+                if n not in done
             )
-            return
-        expected = plan.page_count if plan else 0
-        interrupted = self.stop_event.is_set() and state.stored + len(failed_pages) < expected
-        if state.render_error is not None or interrupted or state.stored == 0:
-            error = state.render_error
-            if interrupted and error is None:
-                reason = "interrupted"
-                message = "interrupted before all pages were stored; rerun to resume"
-            elif error is None:
-                first = state.failures[0].error if state.failures else None
-                reason = first.reason if first else "empty"
-                message = str(first) if first else f"{state.path}: the document has no pages"
-            else:
-                reason = getattr(error, "reason", type(error).__name__)
-                message = str(error)
-            self._finish(
-                index,
-                FileOutcome(
-                    status="failed",
-                    reason=reason,
-                    message=message,
-                    pages=state.stored,
-                    failed_pages=failed_pages,
-                    **base,
-                ),
-            )
-            return
+        failed_pages = sorted({f.page_number for f in state.failures})
         record = DocumentRecord(
             document_id=state.document_id,
             source=str(state.path),
@@ -621,6 +595,7 @@ class IngestJob:
         try:
             self.store.flush()
             self.store.mark_complete(record)
+            # Only now that the new version is complete may older ones go.
             replaced = [
                 old.document_id
                 for old in self.store.documents(source=str(state.path))
@@ -632,31 +607,65 @@ class IngestJob:
             self._set_fatal(exc)
             self._finish(
                 index,
-                FileOutcome(
-                    status="failed", reason="store", message=f"{exc}; rerun to resume", **base
-                ),
+                self._outcome(state, "failed", reason="store", message=f"{exc}; rerun to resume"),
             )
             return
-        status: Status = "partial" if failed_pages else "ingested"
-        message = None
         if failed_pages:
-            message = f"pages {failed_pages} failed: {state.failures[0].error.detail}"
-        elif plan and plan.total_pages > plan.page_count:
-            message = (
-                f"truncated to the first {plan.page_count} of {plan.total_pages} pages "
-                "(render.max_pages)"
+            outcome = self._outcome(
+                state,
+                "partial",
+                reason="page_errors",
+                message=f"{len(failed_pages)} page(s) failed ({_ranges(failed_pages)}): "
+                f"{state.failures[-1].error.detail}",
             )
-        self._finish(
-            index,
-            FileOutcome(
-                status=status,
-                pages=state.stored,
-                failed_pages=failed_pages,
-                replaced=replaced,
-                reason="truncated" if message and not failed_pages else None,
-                message=message,
-                **base,
-            ),
+        elif plan and plan.total_pages > plan.page_count:
+            outcome = self._outcome(
+                state,
+                "ingested",
+                reason="truncated",
+                message=f"truncated to the first {plan.page_count} of {plan.total_pages} pages "
+                "(render.max_pages)",
+            )
+        else:
+            outcome = self._outcome(state, "ingested")
+        outcome.replaced = replaced
+        self._finish(index, outcome)
+
+    def _failure(self, state: _DocState) -> tuple[str, str] | None:
+        """``(reason, message)`` when the document cannot be marked complete."""
+        if self._fatal is not None:
+            return "aborted", f"not completed: {self._fatal}; rerun to resume"
+        error = state.render_error
+        if error is not None and (state.stored == 0 or not isinstance(error, InputError)):
+            return getattr(error, "reason", type(error).__name__), str(error)
+        expected = state.plan.page_count if state.plan else 0
+        if (
+            error is None
+            and self.stop_event.is_set()
+            and state.stored + len(state.failures) < expected
+        ):
+            return "interrupted", "interrupted before all pages were stored; rerun to resume"
+        if state.stored == 0:
+            if state.failures:
+                first = state.failures[0].error
+                return first.reason, str(first)
+            return "empty", f"{state.path}: the document has no pages"
+        return None
+
+    @staticmethod
+    def _outcome(
+        state: _DocState, status: Status, *, reason: str | None = None, message: str | None = None
+    ) -> FileOutcome:
+        return FileOutcome(
+            path=str(state.path),
+            status=status,
+            document_id=state.document_id,
+            pages=state.stored if status != "failed" else 0,
+            total_pages=state.plan.total_pages if state.plan else None,
+            reason=reason,
+            message=message,
+            failed_pages=sorted({f.page_number for f in state.failures}),
+            seconds=time.monotonic() - state.started,
         )
 
     # -- bookkeeping ----------------------------------------------------------------
@@ -683,3 +692,14 @@ class IngestJob:
                 current=current,
             )
         self.progress(event)
+
+
+def _ranges(pages: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``: failed pages of a long document stay readable."""
+    spans: list[list[int]] = []
+    for page in sorted(pages):
+        if spans and page == spans[-1][1] + 1:
+            spans[-1][1] = page
+        else:
+            spans.append([page, page])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
