@@ -13,6 +13,7 @@ operation, not a sync/async pair of copies.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -183,13 +184,18 @@ class PageRAG:
             return self._renderer
 
     @property
-    def answerer(self) -> Answerer | None:
-        """The VLM, or None when neither ``vlm.base_url`` nor an API key is set."""
+    def answerer(self) -> Answerer:
+        """The VLM; a stand-in that explains how to configure one when none is set."""
         with self._lock:
-            if self._answerer is None and (self.config.vlm.base_url or self.config.vlm.api_key):
-                from connectors.openai_vlm import OpenAIAnswerer
+            if self._answerer is None:
+                if self.config.vlm.base_url or self.config.vlm.api_key:
+                    from connectors.openai_vlm import OpenAIAnswerer
 
-                self._answerer = OpenAIAnswerer(self.config.vlm)
+                    self._answerer = OpenAIAnswerer(self.config.vlm)
+                else:
+                    from pipeline.answer import NoVLMAnswerer
+
+                    self._answerer = NoVLMAnswerer()
             return self._answerer
 
     def wanted_spec(self) -> CollectionSpec:
@@ -211,7 +217,14 @@ class PageRAG:
         with self._lock:
             store = self.store
             if not self._opened:
-                store.open(self.wanted_spec(), create=create)
+                wanted = self.wanted_spec()
+                recorded = store.spec()
+                if recorded is not None:
+                    # Keep an existing collection's pooled vectors as they are: adding
+                    # them here would leave older pages without them. Upgrading is
+                    # `pagerag reindex --pooled`.
+                    wanted = dataclasses.replace(wanted, pooled=recorded.pooled)
+                store.open(wanted, create=create)
                 self._opened = True
             recorded = store.spec()
             if recorded is None:  # pragma: no cover - adapters record on create
@@ -438,13 +451,8 @@ class PageRAG:
         Without a VLM configured, the answer lists the retrieved pages and
         says how to configure one (``answered`` is False).
         """
-        from pipeline.answer import no_vlm_answer
-
-        hits = self.search(question, k=k or self.config.retrieval.k, filter=filter, mode=mode)
-        answerer = self.answerer
-        if answerer is None:
-            return no_vlm_answer(hits)
-        return answerer.answer(question, hits)
+        hits = self.search(question, k, filter=filter, mode=mode)
+        return _nothing_found(self, filter) if not hits else self.answerer.answer(question, hits)
 
     def ask_stream(
         self,
@@ -453,19 +461,15 @@ class PageRAG:
         *,
         filter: PageFilter | Mapping[str, Any] | None = None,
         mode: Mode | None = None,
-    ) -> StreamingAnswer | Answer:
-        """Like :meth:`ask`, but text arrives as the VLM writes it.
+    ) -> StreamingAnswer:
+        """Like :meth:`ask`, but iterate the result for text as the VLM writes it;
+        ``.answer`` then gives the final :class:`Answer`."""
+        from pipeline.answer import StreamingAnswer
 
-        Iterate the result for text deltas; ``.answer`` gives the final
-        :class:`Answer`. Without a VLM, the plain no-VLM Answer is returned.
-        """
-        from pipeline.answer import no_vlm_answer
-
-        hits = self.search(question, k=k or self.config.retrieval.k, filter=filter, mode=mode)
-        answerer = self.answerer
-        if answerer is None:
-            return no_vlm_answer(hits)
-        return answerer.stream(question, hits)
+        hits = self.search(question, k, filter=filter, mode=mode)
+        if not hits:
+            return StreamingAnswer.completed(_nothing_found(self, filter))
+        return self.answerer.stream(question, hits)
 
     async def asearch(
         self,
@@ -486,14 +490,21 @@ class PageRAG:
         filter: PageFilter | Mapping[str, Any] | None = None,
         mode: Mode | None = None,
     ) -> Answer:
-        """Async :meth:`ask`: async retrieval, then the VLM's async client."""
-        from pipeline.answer import no_vlm_answer
+        """Async :meth:`ask`: retrieval in a worker thread, then the VLM's async client."""
+        hits = await self.asearch(question, k, filter=filter, mode=mode)
+        if not hits:
+            return _nothing_found(self, filter)
+        return await self.answerer.aanswer(question, hits)
 
-        hits = await self.asearch(question, k or self.config.retrieval.k, filter=filter, mode=mode)
-        answerer = self.answerer
-        if answerer is None:
-            return no_vlm_answer(hits)
-        return await answerer.aanswer(question, hits)
+
+def _nothing_found(rag: PageRAG, filter: object) -> Answer:
+    """The answer when retrieval found no page at all (empty collection or filter)."""
+    why = (
+        "no page matches the filter"
+        if filter
+        else f"collection {rag.config.store.collection!r} has no pages yet: run `pagerag ingest`"
+    )
+    return Answer(text=f"No answer: {why}.", sources=(), answered=False)
 
 
 def build_store(config: PageRAGConfig) -> PageStore:

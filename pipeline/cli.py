@@ -375,15 +375,11 @@ def ask(
     try:
         with rag:
             if stream and not json_out:
-                result = rag.ask_stream(question, k, filter=flt, mode=mode)
-                if hasattr(result, "__iter__") and not hasattr(result, "sources"):
-                    for delta in result:
-                        out.print(delta, end="", markup=False, highlight=False)
-                    out.print()
-                    answer = result.answer
-                else:
-                    answer = result
-                    out.print(answer.text, markup=False, highlight=False)
+                streaming = rag.ask_stream(question, k, filter=flt, mode=mode)
+                for delta in streaming:
+                    out.print(delta, end="", markup=False, highlight=False)
+                out.print()
+                answer = streaming.answer
             else:
                 answer = rag.ask(question, k, filter=flt, mode=mode)
                 if not json_out:

@@ -98,7 +98,9 @@ class StoreConfig(_Section):
     grpc_port: int = 6334
     timeout_s: float = Field(default=60.0, gt=0)
     collection: str = "pagerag"
-    datatype: Literal["float16", "float32", "uint8"] = "float16"
+    # Storage of vectors. int8 storage is `quantization: scalar` (rescored), not a datatype:
+    # a uint8 datatype would truncate ColPali's float vectors.
+    datatype: Literal["float16", "float32"] = "float16"
     quantization: Literal["none", "scalar", "binary"] = "none"
     on_disk: bool = False
     shard_number: int | None = Field(default=None, ge=1)

@@ -94,7 +94,7 @@ class CollectionSpec:
     dim: int
     full_vector: str = "full"
     pooled: tuple[str, ...] = ()
-    datatype: Literal["float16", "float32", "uint8"] = "float16"
+    datatype: Literal["float16", "float32"] = "float16"
     quantization: Literal["none", "scalar", "binary"] = "none"
     on_disk: bool = False
 

@@ -1,0 +1,203 @@
+"""Ingestion throughput and memory, measured side by side in one run.
+
+Prints, for the same PDFs:
+
+* ``raw_pdftoppm_pps`` — pages/s of plain ``pdftoppm -jpeg -r DPI`` over each
+  whole file, one process at a time (the floor nothing can beat);
+* ``render_only_pps`` — pages/s of pagerag's renderer alone (probe, page
+  ranges, JPEG bytes read back), one document at a time; target ≥ 0.9× raw;
+* ``end_to_end_pps`` — the whole job (render → embed → upsert into the
+  embedded Qdrant engine) with an embedder of fixed cost per page (a sleep:
+  it stands in for a GPU running ColPali without eating these 2 cores), and
+  ``embed_busy_share``, the share of the job's wall time the embedder was
+  busy; target ≥ 0.95 when embedding is the slowest stage;
+* ``peak_rss_mb`` of a job over a short PDF and over a 500+ page PDF (made
+  with ``pdfunite`` from the corpus), each in a fresh process, excluding any
+  model (the fake embedder has none): memory must not grow with length.
+
+    python bench/ingest.py                 # table
+    python bench/ingest.py --json          # one JSON object
+    python bench/ingest.py --seconds-per-page 0.2 --dpi 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def qa_docs(corpus: Path, limit: int) -> list[Path]:
+    docs = sorted((corpus / "qa" / "docs").glob("*.pdf"))
+    if not docs:
+        raise SystemExit(f"no PDFs under {corpus / 'qa' / 'docs'}: pass --corpus")
+    return docs[:limit]
+
+
+def page_count(path: Path) -> int:
+    out = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True)
+    return next(int(x.split()[1]) for x in out.stdout.splitlines() if x.startswith("Pages:"))
+
+
+def raw_pdftoppm(files: list[Path], dpi: int) -> float:
+    pages = 0
+    started = time.perf_counter()
+    for path in files:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                ["pdftoppm", "-jpeg", "-r", str(dpi), str(path), f"{tmp}/p"], check=True,
+                capture_output=True,
+            )
+            pages += len(os.listdir(tmp))
+    return pages / (time.perf_counter() - started)
+
+
+def render_only(files: list[Path], dpi: int) -> float:
+    from pipeline.config import RenderConfig
+    from pipeline.render import Renderer
+    from pipeline.types import Page
+
+    renderer = Renderer(RenderConfig(dpi=dpi))
+    pages = 0
+    started = time.perf_counter()
+    for path in files:
+        plan = renderer.open(path)
+        for item in renderer.iter_pages(plan, document_id="bench", source=str(path)):
+            pages += isinstance(item, Page)
+    return pages / (time.perf_counter() - started)
+
+
+def end_to_end(
+    files: list[str], dpi: int, seconds_per_page: float, workers: int, *, trace: bool = False
+) -> dict:
+    """One ingestion job into a fresh embedded store; runs in the calling process."""
+    import tracemalloc
+
+    from pipeline import PageRAG
+    from pipeline.config import load_config
+    from pipeline.testing.fakes import FakeEmbedder
+
+    if trace:
+        tracemalloc.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(
+            environ={},
+            overrides={
+                "store": {"path": tmp},
+                "render": {"dpi": dpi, "workers": workers},
+                "embedding": {"batch_size": 2},
+            },
+        )
+        with PageRAG(config, embedder=FakeEmbedder(seconds_per_page=seconds_per_page)) as rag:
+            report = rag.ingest(files)
+    if not report.ok:
+        raise SystemExit(f"ingest failed: {report.to_dict()['outcomes']}")
+    return {
+        "pages": report.pages_ingested,
+        "seconds": report.seconds,
+        "pps": report.pages_ingested / report.seconds,
+        "embed_busy_share": report.embed_busy_seconds / report.seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # Python-level peak (numpy buffers included, the Rust engine not).
+        "python_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20 if trace else None,
+    }
+
+
+def end_to_end_subprocess(files: list[Path], dpi: int, seconds_per_page: float,
+                          workers: int, *, trace: bool = False) -> dict:
+    """``end_to_end`` in a fresh interpreter, so its peak RSS is its own."""
+    args = [sys.executable, __file__, "--child", "--dpi", str(dpi), "--workers", str(workers),
+            "--seconds-per-page", str(seconds_per_page), *(["--trace"] if trace else []),
+            *map(str, files)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    return json.loads(out.stdout)
+
+
+def long_pdf(files: list[Path], target_pages: int, out: Path) -> Path:
+    """Concatenate corpus PDFs with pdfunite until the result has target_pages+."""
+    parts: list[Path] = []
+    total = 0
+    while total < target_pages:
+        for path in files:
+            parts.append(path)
+            total += page_count(path)
+            if total >= target_pages:
+                break
+    subprocess.run(["pdfunite", *map(str, parts), str(out)], check=True, capture_output=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--docs", type=int, default=4, help="QA documents to use")
+    parser.add_argument("--dpi", type=int, default=150)
+    parser.add_argument("--workers", type=int, default=2, help="render.workers end to end")
+    parser.add_argument("--seconds-per-page", type=float, default=0.25,
+                        help="fixed embedder cost per page (stands in for the model)")
+    parser.add_argument("--long-pages", type=int, default=520)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(end_to_end(args.files, args.dpi, args.seconds_per_page, args.workers,
+                                    trace=args.trace)))
+        return
+
+    files = qa_docs(args.corpus, args.docs)
+    raw = raw_pdftoppm(files, args.dpi)
+    rendered = render_only(files, args.dpi)
+    e2e = end_to_end_subprocess(files, args.dpi, args.seconds_per_page, args.workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        big = long_pdf(files, args.long_pages, Path(tmp) / "long.pdf")
+        short = end_to_end_subprocess(files[:1], args.dpi, 0.0, args.workers, trace=True)
+        long = end_to_end_subprocess([big], args.dpi, 0.0, args.workers, trace=True)
+    result = {
+        "files": [p.name for p in files],
+        "dpi": args.dpi,
+        "raw_pdftoppm_pps": round(raw, 2),
+        "render_only_pps": round(rendered, 2),
+        "render_vs_raw": round(rendered / raw, 3),
+        "embedder_seconds_per_page": args.seconds_per_page,
+        "end_to_end_pps": round(e2e["pps"], 2),
+        "embedder_bound_pps": round(1 / args.seconds_per_page, 2) if args.seconds_per_page else None,
+        "embed_busy_share": round(e2e["embed_busy_share"], 3),
+        "short_doc_pages": short["pages"],
+        "short_doc_peak_rss_mb": round(short["peak_rss_mb"], 1),
+        "long_doc_pages": long["pages"],
+        "long_doc_peak_rss_mb": round(long["peak_rss_mb"], 1),
+        "short_doc_python_peak_mb": round(short["python_peak_mb"], 1),
+        "long_doc_python_peak_mb": round(long["python_peak_mb"], 1),
+        "long_doc_pps_no_embed_cost": round(long["pps"], 2),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print()
+    print(f"targets: render_vs_raw >= 0.9 ({'ok' if result['render_vs_raw'] >= 0.9 else 'MISSED'}),"
+          f" embed_busy_share >= 0.95 "
+          f"({'ok' if result['embed_busy_share'] >= 0.95 else 'MISSED'}), peak RSS flat in length "
+          f"({result['short_doc_peak_rss_mb']} MB for {result['short_doc_pages']} pages vs "
+          f"{result['long_doc_peak_rss_mb']} MB for {result['long_doc_pages']} pages)")
+
+
+if __name__ == "__main__":
+    main()
