@@ -207,8 +207,10 @@ class _progress:
 def _print_report(report: Any) -> None:
     colour = {"ingested": "green", "skipped": "dim", "partial": "yellow", "failed": "red"}
     table = Table(title="ingest report", show_lines=False)
-    for column in ("status", "file", "pages", "detail"):
-        table.add_column(column)
+    table.add_column("status")
+    table.add_column("file", overflow="fold")  # a path is useless cut short
+    table.add_column("pages", justify="right")
+    table.add_column("detail", overflow="fold")
     for o in report.outcomes:
         pages = str(o.pages) if o.status != "skipped" else f"({o.total_pages})"
         detail = o.message or ""
@@ -347,7 +349,11 @@ def _hit_dict(hit: Any) -> dict[str, Any]:
 def _print_hits(hits: list[Any]) -> None:
     table = Table()
     for column in ("#", "score", "page", "file"):
-        table.add_column(column, justify="right" if column in ("#", "score", "page") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("#", "score", "page") else "left",
+            overflow="fold",
+        )
     for rank, hit in enumerate(hits, 1):
         table.add_row(str(rank), f"{hit.score:.3f}", str(hit.page_number), hit.source)
     out.print(table)

@@ -1,0 +1,140 @@
+"""The ``pagerag`` commands as a user runs them: stand-in model, embedded store, real PDFs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+THREE_PAGES = "robust/pdfjs/test/pdfs/three_pages_with_number.pdf"
+EIGHT_PAGES = "robust/qpdf/qpdf/qtest/qpdf/boxes.pdf"
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
+    return {
+        "PAGERAG_STORE__PATH": str(tmp_path / "data"),
+        "PAGERAG_EMBEDDING__MODEL_PATH": str(tiny_model_dir),
+        "PAGERAG_EMBEDDING__DEVICE": "cpu",
+        "PAGERAG_RENDER__DPI": "50",
+        "OPENAI_API_KEY": "",
+    }
+
+
+@pytest.fixture
+def docs(corpus: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(corpus / THREE_PAGES, folder / "three.pdf")
+    shutil.copy(corpus / EIGHT_PAGES, folder / "eight.pdf")
+    return folder
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args), env=env)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_help_lists_the_commands(env) -> None:
+    code, out, _ = run(env, "--help")
+    assert code == 0
+    for command in ("ingest", "status", "search", "ask", "delete"):
+        assert command in out
+    code, out, _ = run(env, "ingest", "--help")
+    assert code == 0
+    assert "--workers" in out and "--batch-size" in out and "--json" in out
+
+
+def test_ingest_status_search_ask_delete(env, docs: Path) -> None:
+    code, out, _ = run(env, "ingest", str(docs), "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["files"]["ingested"] == 2
+    assert report["pages_ingested"] == 11
+
+    code, out, _ = run(env, "ingest", str(docs), "--json")
+    assert code == 0
+    assert json.loads(out)["files"]["skipped"] == 2
+
+    code, out, _ = run(env, "status", "--json")
+    assert code == 0
+    status = json.loads(out)
+    assert (status["documents"], status["pages"]) == (2, 11)
+    assert status["model"] == "Qdrant/colpali-v1.3-fp16"
+    assert status["bytes_on_disk"] > 0
+
+    code, out, _ = run(env, "search", "page number", "-k", "4", "--json")
+    assert code == 0
+    hits = json.loads(out)["hits"]
+    assert len(hits) == 4
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+    code, out, _ = run(env, "search", "page", "-k", "20", "--source", str(docs / "three.pdf"),
+                       "--json")
+    assert {h["page"] for h in json.loads(out)["hits"]} == {1, 2, 3}
+
+    code, out, _ = run(env, "ask", "What is on page two?", "-k", "2", "--json")
+    assert code == 0
+    answer = json.loads(out)
+    assert answer["answered"] is False
+    assert "vlm.base_url" in answer["answer"]
+    assert len(answer["sources"]) == 2
+
+    code, out, _ = run(env, "delete", str(docs / "three.pdf"))
+    assert code == 0 and "deleted 1" in out
+    code, out, _ = run(env, "status", "--json")
+    assert json.loads(out)["pages"] == 8
+
+
+def test_a_bad_file_makes_exit_code_1_and_the_rest_is_ingested(env, docs: Path) -> None:
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4\n garbage garbage")
+    code, out, _ = run(env, "ingest", str(docs), "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["files"] == {"ingested": 2, "skipped": 0, "partial": 0, "failed": 1}
+    (failed,) = [o for o in report["outcomes"] if o["status"] == "failed"]
+    assert failed["path"].endswith("broken.pdf") and failed["reason"] == "damaged"
+
+
+def test_table_output_on_ingest(env, docs: Path) -> None:
+    code, out, _ = run(env, "ingest", str(docs / "three.pdf"))
+    assert code == 0
+    assert "ingested" in out and "three.pdf" in out and "pages/s" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "words"),
+    [
+        (("search", "   "), {}, "query is empty"),
+        (("search", "x", "-k", "0"), {}, "k must be"),
+        (("status",), {"PAGERAG_STORE__COLLECTIONN": "x"}, "store.collectionn"),
+        (("status",), {"PAGERAG_RENDER__DPI": "lots"}, "render.dpi"),
+    ],
+)
+def test_usage_and_config_errors_exit_2_with_a_message(env, args, extra_env, words) -> None:
+    code, _, err = run({**env, **extra_env}, *args)
+    assert code == 2
+    assert words in err
+
+
+def test_search_before_any_ingest_says_so(env) -> None:
+    code, _, err = run(env, "search", "anything")
+    assert code == 1
+    assert "pagerag ingest" in err
+    code, out, _ = run(env, "status")
+    assert code == 0 and "nothing ingested yet" in out
+
+
+def test_missing_model_names_the_config_key(env, tmp_path: Path, docs: Path) -> None:
+    env = {**env, "PAGERAG_EMBEDDING__MODEL_PATH": str(tmp_path / "nowhere")}
+    code, out, err = run(env, "ingest", str(docs / "three.pdf"), "--json")
+    assert code == 1
+    text = out + err
+    assert "embedding.model_path" in text
