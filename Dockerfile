@@ -1,0 +1,62 @@
+# pagerag: ingestion / query image.
+#
+#   docker build -t pagerag .                          # CPU (fastembed + onnxruntime)
+#   docker build -t pagerag:gpu --build-arg EXTRA=gpu .  # NVIDIA GPU (fastembed-gpu)
+#
+# fastembed and fastembed-gpu ship the same module and must never be installed
+# together, so the extra is chosen at build time: one image per device.
+# Used by docker-compose.yml; see docs/deployment.md.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
+
+# cpu | gpu: the pyproject extra to install.
+ARG EXTRA=cpu
+# GPU only: onnxruntime-gpu with the CUDA and cuDNN runtime libraries as pip wheels,
+# so the slim base needs no CUDA install (the host only needs the NVIDIA driver and
+# the NVIDIA Container Toolkit). Current onnxruntime-gpu wheels are CUDA 13 builds
+# (driver >= 580); pin an older CUDA 12 build here for older drivers.
+ARG ORT_GPU="onnxruntime-gpu[cuda,cudnn]"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# poppler-utils: pdftoppm/pdfinfo render the PDF pages (pdf2image drives them).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends poppler-utils \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+# Only what the package needs (the build context may hold a virtualenv and data).
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY connectors ./connectors
+COPY configs ./configs
+
+RUN set -eu; \
+    case "$EXTRA" in \
+      cpu) pip install ".[cpu]" ;; \
+      gpu) pip install ".[gpu]" "$ORT_GPU" \
+           && if pip show fastembed >/dev/null 2>&1 || pip show onnxruntime >/dev/null 2>&1; then \
+                echo "CPU onnxruntime/fastembed found in a GPU image" >&2; exit 1; fi \
+           && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+           && find "$site/nvidia" -name 'lib*.so*' -printf '%h\n' | sort -u \
+                > /etc/ld.so.conf.d/nvidia-pip.conf \
+           && ldconfig ;; \
+      *) echo "EXTRA must be cpu or gpu, got '$EXTRA'" >&2; exit 1 ;; \
+    esac; \
+    pagerag --help >/dev/null
+
+# Model cache (mount a volume here: ColPali is 6.5 GB) and the input folder.
+ENV FASTEMBED_CACHE_PATH=/models \
+    HF_HOME=/models/huggingface \
+    PAGERAG_CONFIG=/app/configs/server.yaml
+RUN useradd --create-home --uid 10001 --user-group pagerag \
+ && mkdir -p /models /data \
+ && chown pagerag:pagerag /models
+USER pagerag
+
+ENTRYPOINT ["pagerag"]
+CMD ["--help"]
