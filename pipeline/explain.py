@@ -26,6 +26,10 @@ ratio, so grid cell ``(r, c)`` covers rows ``r/rows .. (r+1)/rows`` of the
 page height and columns ``c/cols .. (c+1)/cols`` of its width, whatever the
 page shape. :func:`render_heatmap` maps the grid that way onto the page.
 
+:func:`explain_hit` (``rag.explain(query, hit)``) and :func:`explain_page`
+(``pagerag explain``) apply all this to a stored page: its vectors and JPEG
+come from the store, the query is embedded by the collection's model.
+
 Only Pillow and numpy are used (no matplotlib): the colour map is a small
 hand-made jet-like ramp, and opacity grows with the value so cold regions
 leave the page readable.
@@ -33,9 +37,12 @@ leave the page readable.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -43,11 +50,20 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.errors import QueryError
 from pipeline.models import MODELS, ModelSpec
+from pipeline.types import DocumentRecord, PageHit, page_point_id
+
+if TYPE_CHECKING:
+    from pipeline.api import PageRAG
+    from pipeline.store import PageStore
 
 __all__ = [
+    "Explanation",
     "MapKind",
     "SimilarityMaps",
     "colorize",
+    "explain_hit",
+    "explain_page",
+    "find_document",
     "heatmap_layer",
     "render_heatmap",
     "render_token_maps",
@@ -303,3 +319,209 @@ def render_token_maps(
         tile = render_heatmap(thumb, maps[i], alpha=alpha, vmin=vmin, vmax=vmax)
         sheet.paste(tile, (x, y + label_height))
     return sheet
+
+
+# ------------------------------------------------ explaining a stored page
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why one stored page matched a query: the maps, the page, and the heatmap.
+
+    ``image`` is ``page`` with the ``kind`` map blended over it (same size as
+    the stored page image); :meth:`token_sheet` draws the per-token maps.
+    ``maps.score`` is the page's MaxSim score recomputed in float32 (it can
+    differ from a search score in the last digits, or more with a quantized
+    collection); ``hit_score`` is the search's own score when a hit was given.
+    """
+
+    query: str
+    point_id: str
+    document_id: str | None
+    source: str | None
+    page_number: int | None
+    kind: MapKind
+    maps: SimilarityMaps
+    page: Image.Image
+    image: Image.Image
+    hit_score: float | None = None
+
+    @property
+    def map(self) -> NDArray[np.float32]:
+        """The ``(rows, cols)`` map the heatmap shows."""
+        return self.maps.map(self.kind)
+
+    def token_sheet(self, *, columns: int = 4, shared_scale: bool = False) -> Image.Image:
+        """One labelled heatmap per query token (``explain --per-token``)."""
+        labels = [
+            f"token {i}: {score:.2f}" for i, score in enumerate(self.maps.token_scores.tolist())
+        ]
+        return render_token_maps(
+            self.page,
+            self.maps.per_token,
+            labels=labels,
+            columns=columns,
+            shared_scale=shared_scale,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-safe summary (no arrays beyond the per-token best cells and scores)."""
+        rows, cols = self.maps.grid
+        return {
+            "query": self.query,
+            "point_id": self.point_id,
+            "document_id": self.document_id,
+            "source": self.source,
+            "page": self.page_number,
+            "kind": self.kind,
+            "score": round(self.maps.score, 6),
+            "hit_score": None if self.hit_score is None else round(self.hit_score, 6),
+            "patch_share": round(self.maps.patch_share, 6),
+            "grid": [rows, cols],
+            "image_size": list(self.page.size),
+            "query_tokens": len(self.maps.token_scores),
+            "token_scores": [round(float(s), 6) for s in self.maps.token_scores],
+            "best_cells": [[int(r), int(c)] for r, c in self.maps.best_cell],
+        }
+
+
+def explain_hit(
+    rag: PageRAG,
+    query: str,
+    hit_or_point_id: PageHit | str,
+    *,
+    kind: MapKind = "contributions",
+    alpha: float = 0.6,
+    smooth: bool = False,
+) -> Explanation:
+    """Similarity maps of ``query`` on one stored page, and its heatmap image.
+
+    The page is a :class:`~pipeline.types.PageHit` from ``rag.search`` or a
+    page point id (``page_point_id(document_id, n)``). Its stored vectors and
+    image are read from the store and the query is embedded by the same
+    model, so the map shows the very comparison search made. Raises
+    :class:`~pipeline.errors.QueryError` when the model has no patch grid,
+    the page is not in the collection, or its image was not stored.
+    """
+    if kind not in ("contributions", "combined"):
+        raise QueryError(f"kind must be 'contributions' or 'combined', got {kind!r}")
+    if not isinstance(query, str) or not query.strip():
+        raise QueryError("the query is empty: pass the question or words to explain")
+    hit = hit_or_point_id if isinstance(hit_or_point_id, PageHit) else None
+    point_id = hit.point_id if hit is not None else str(hit_or_point_id)
+
+    spec = rag.embedder.spec
+    if spec.patch_grid is None:  # checked before any store read or query embedding
+        raise QueryError(
+            f"similarity maps are unavailable for {spec.name}: it has no fixed patch grid to "
+            f"draw on. Use a model with one ({_grid_models()})."
+        )
+    collection = rag._open(create=False)
+    rag._check_model(collection)
+    store = rag.store
+    vectors = store.page_vectors([point_id]).get(point_id)
+    if vectors is None:
+        raise QueryError(
+            f"page {point_id} is not in collection {collection.name!r}: pass a hit from "
+            "search, or page_point_id(document_id, page) of an ingested page"
+        )
+    jpeg = _page_jpeg(store, point_id, hit)
+    maps = similarity_maps(rag.embedder.embed_query(query), vectors, spec)
+    page = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    return Explanation(
+        query=query,
+        point_id=point_id,
+        document_id=hit.document_id if hit is not None else None,
+        source=hit.source if hit is not None else None,
+        page_number=hit.page_number if hit is not None else None,
+        kind=kind,
+        maps=maps,
+        page=page,
+        image=render_heatmap(page, maps.map(kind), alpha=alpha, smooth=smooth),
+        hit_score=hit.score if hit is not None else None,
+    )
+
+
+def _page_jpeg(store: PageStore, point_id: str, hit: PageHit | None) -> bytes:
+    try:
+        data = hit.load_jpeg() if hit is not None else store.page_image(point_id)
+    except LookupError:
+        data = None
+    if not data:
+        raise QueryError(
+            f"no image is stored for page {point_id}, so there is nothing to draw the map on: "
+            "re-ingest with ingest.store_images: true"
+        )
+    return data
+
+
+def find_document(rag: PageRAG, path: str | os.PathLike[str]) -> DocumentRecord:
+    """The stored document ingested from ``path``: by its path, else by its content hash.
+
+    Raises :class:`~pipeline.errors.QueryError` saying to ingest it first.
+    """
+    from pipeline.errors import CollectionNotFoundError
+    from pipeline.sources import hash_file
+
+    given = Path(path).expanduser()
+    try:
+        rag._open(create=False)
+    except CollectionNotFoundError:
+        raise QueryError(
+            f"{given} was never ingested (collection {rag.config.store.collection!r} does not "
+            f"exist yet): run `pagerag ingest {given}` first"
+        ) from None
+    store = rag.store
+    for candidate in dict.fromkeys((str(given.resolve()), os.path.abspath(given))):
+        records = store.documents(source=candidate)
+        if records:
+            return max(records, key=lambda r: r.ingested_at)
+    if given.is_file():
+        record = store.get_document(hash_file(given))
+        if record is not None:
+            return record
+    elif not given.exists():
+        raise QueryError(f"no such file {given}, and no document was ingested from that path")
+    raise QueryError(
+        f"{given} is not in collection {rag.config.store.collection!r} (never ingested, or "
+        f"changed since): run `pagerag ingest {given}` first"
+    )
+
+
+def explain_page(
+    rag: PageRAG,
+    query: str,
+    path: str | os.PathLike[str],
+    page: int,
+    *,
+    kind: MapKind = "contributions",
+    alpha: float = 0.6,
+    smooth: bool = False,
+) -> Explanation:
+    """:func:`explain_hit` for page ``page`` (1-based) of the file ingested from ``path``.
+
+    Raises :class:`~pipeline.errors.QueryError` when the file was never
+    ingested or the page is out of range (or was not stored).
+    """
+    record = find_document(rag, path)
+    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= record.total_pages:
+        raise QueryError(
+            f"page {page} is out of range: {record.file_name} has {record.total_pages} "
+            f"page(s), 1 to {record.total_pages}"
+        )
+    if page in record.failed_pages:
+        raise QueryError(f"page {page} of {record.file_name} failed to ingest: nothing is stored")
+    if page > record.page_count + len(record.failed_pages):  # the tail cut by max_pages
+        raise QueryError(
+            f"page {page} of {record.file_name} is not stored: only its first "
+            f"{record.page_count + len(record.failed_pages)} of {record.total_pages} pages were "
+            "ingested (render.max_pages)"
+        )
+    point_id = page_point_id(record.document_id, page)
+    explanation = explain_hit(rag, query, point_id, kind=kind, alpha=alpha, smooth=smooth)
+    return replace(
+        explanation,
+        document_id=record.document_id,
+        source=record.source,
+        page_number=page,
+    )

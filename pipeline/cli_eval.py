@@ -1,0 +1,450 @@
+"""``pagerag eval`` and ``pagerag explain``: how well the index retrieves, and why a page matched.
+
+Kept out of :mod:`pipeline.cli` so that module stays about the everyday
+commands; :func:`register` adds these two to its app. Exit codes follow the
+rest of the CLI: 0 success, 1 a runtime failure (a document missing or
+failing to ingest, the store or the VLM failing), 2 a usage or configuration
+error (bad option, unknown mode, a file never ingested, a page out of range).
+
+The shared helpers of :mod:`pipeline.cli` (``_rag``, ``_fail`` and its
+consoles) are imported when a command runs, not at import time, so
+``pipeline.cli`` can import this module wherever it likes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import PageRAGError
+
+if TYPE_CHECKING:
+    from pipeline.eval_runner import ComparisonResult, EvalProgress, EvalResult, Mode, Scope
+    from pipeline.explain import MapKind
+
+__all__ = ["register"]
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (default: $PAGERAG_CONFIG, else built-in defaults).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+
+_MAP_KINDS = ("contributions", "combined")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` and ``explain`` to the ``pagerag`` app."""
+    app.command("eval")(eval_command)
+    app.command("explain")(explain_command)
+
+
+def _base() -> ModuleType:
+    from pipeline import cli
+
+    return cli
+
+
+# --------------------------------------------------------------------- eval
+
+
+def eval_command(
+    questions: Annotated[
+        Path,
+        typer.Argument(
+            help="QA set, one JSON object per line: question, doc, evidence_pages (1-based), "
+            "optional answer, answerable, category, evidence_sources.",
+            show_default=False,
+        ),
+    ],
+    docs: Annotated[
+        Path | None,
+        typer.Option(
+            "--docs",
+            help="Folder the questions' doc paths are relative to (default: the questions "
+            "file's folder).",
+            show_default=False,
+        ),
+    ] = None,
+    k: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-k",
+            "--k",
+            metavar="K[,K…]",
+            help="Cut-offs for recall@k and nDCG@k: repeat or comma-separate (default 1,3,5,10).",
+            show_default=False,
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="exact, two_stage or auto (default: retrieval.mode)."),
+    ] = None,
+    scope: Annotated[
+        str,
+        typer.Option(
+            help="document: search each question's own document (MMLongBench-Doc's setting); "
+            "collection: search everything ingested."
+        ),
+    ] = "document",
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A:B",
+            help="Compare two configurations A:B, each MODE[,KEY=VALUE…] of retrieval.* — e.g. "
+            "exact:two_stage or two_stage,prefetch_k=50:two_stage,prefetch_k=400.",
+            show_default=False,
+        ),
+    ] = None,
+    ingest: Annotated[
+        bool,
+        typer.Option(
+            "--ingest/--no-ingest",
+            help="Ingest the documents first (unchanged files are skipped), or use the "
+            "collection as it is.",
+        ),
+    ] = True,
+    answers: Annotated[
+        bool,
+        typer.Option(
+            "--answers", help="Also have the VLM answer and score the answers (needs a VLM)."
+        ),
+    ] = False,
+    answer_k: Annotated[
+        int | None,
+        typer.Option(help="Pages shown to the VLM (default retrieval.k).", min=1),
+    ] = None,
+    per_question: Annotated[
+        bool,
+        typer.Option("--per-question", help="Show (or include in JSON) every question's result."),
+    ] = False,
+    skip_missing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-missing",
+            help="Leave out questions whose document is missing instead of stopping.",
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Measure page retrieval on a QA set: recall@k, nDCG@k, MRR, overall and per category.
+
+    Ingests the questions' documents (or uses the existing collection with --no-ingest), runs
+    every question, and prints the metrics with the configuration evaluated. --answers scores
+    the VLM's answers too (exact / normalised match; declining unanswerable questions) with
+    its token usage. --compare runs the questions under two configurations and reports the
+    metric deltas and how much their top-k pages agree.
+    """
+    from pipeline.eval_runner import RunConfig, run_comparison, run_eval
+
+    base = _base()
+    ks = _parse_ks(k)
+    if compare is not None and (mode is not None or answers):
+        raise typer.BadParameter(
+            "--compare sets the mode of each side and scores retrieval only: "
+            "leave out --mode and --answers",
+            param_hint="--compare",
+        )
+    sides = _parse_compare(compare) if compare is not None else None
+    rag = base._rag(config)
+    show = not quiet and not json_out and base.err.is_terminal
+    result: EvalResult | ComparisonResult
+    try:
+        with rag, _Bar(base.err, enabled=show) as bar:
+            if sides is not None:
+                result = run_comparison(
+                    rag,
+                    questions,
+                    RunConfig.parse(sides[0]),
+                    RunConfig.parse(sides[1]),
+                    docs_dir=docs,
+                    ks=ks,
+                    scope=cast("Scope", scope),
+                    ingest=ingest,
+                    skip_missing=skip_missing,
+                    progress=bar.update if show else None,
+                )
+            else:
+                result = run_eval(
+                    rag,
+                    questions,
+                    docs_dir=docs,
+                    ks=ks,
+                    mode=cast("Mode | None", mode),
+                    scope=cast("Scope", scope),
+                    answer=answers,
+                    answer_k=answer_k,
+                    ingest=ingest,
+                    skip_missing=skip_missing,
+                    progress=bar.update if show else None,
+                )
+    except PageRAGError as exc:
+        base._fail(exc)
+    if json_out:
+        base.out.print_json(json.dumps(result.to_dict(per_question=per_question)))
+    elif hasattr(result, "comparison"):
+        _print_comparison(base.out, cast("ComparisonResult", result), per_question=per_question)
+    else:
+        _print_eval(base.out, cast("EvalResult", result), per_question=per_question)
+
+
+def _parse_ks(values: list[str] | None) -> tuple[int, ...]:
+    from pipeline.evaluate import DEFAULT_KS
+
+    if not values:
+        return DEFAULT_KS
+    ks: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                k = int(part.strip())
+            except ValueError:
+                raise typer.BadParameter(
+                    f"expected whole numbers like 1,3,5,10, got {value!r}", param_hint="-k"
+                ) from None
+            if k < 1:
+                raise typer.BadParameter(f"k must be at least 1, got {k}", param_hint="-k")
+            ks.append(k)
+    return tuple(sorted(set(ks)))
+
+
+def _parse_compare(value: str) -> tuple[str, str]:
+    a, sep, b = value.partition(":")
+    if not sep or not a.strip() or not b.strip():
+        raise typer.BadParameter(
+            f"expected A:B, e.g. exact:two_stage, got {value!r}", param_hint="--compare"
+        )
+    return a.strip(), b.strip()
+
+
+class _Bar:
+    """A rich progress bar on stderr, one task per stage (ingest pages, questions)."""
+
+    _LABELS: ClassVar[dict[str, str]] = {
+        "ingest": "ingest pages",
+        "retrieve": "questions",
+        "answer": "answers",
+    }
+
+    def __init__(self, console: Any, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._console = console
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self._console,
+            )
+            self._bar.__enter__()
+        return self
+
+    def update(self, event: EvalProgress) -> None:
+        if self._bar is None:
+            return
+        task = self._tasks.get(event.stage)
+        if task is None:
+            task = self._bar.add_task(self._LABELS[event.stage], total=None)
+            self._tasks[event.stage] = task
+        self._bar.update(task, completed=event.done, total=event.total or None)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def _summary(result: EvalResult) -> str:
+    report = result.retrieval
+    excluded = ", ".join(f"{n} {why}" for why, n in report.excluded.items() if n)
+    parts = [
+        f"{len(report.questions)} questions searched ({result.scope} scope)",
+        f"{report.overall.count} scored" + (f", excluded: {excluded}" if excluded else ""),
+    ]
+    if result.skipped:
+        parts.append(f"[yellow]{len(result.skipped)} skipped (document missing)[/]")
+    if report.questions:
+        parts.append(f"{1000 * result.search_seconds / len(report.questions):.0f} ms per search")
+    if result.ingest is not None:
+        files = result.ingest.to_dict()["files"]
+        counts = ", ".join(f"{n} {status}" for status, n in files.items() if n)
+        parts.append(f"ingest: {counts or 'no files'}")
+    return "; ".join(parts)
+
+
+# Tables printed to a file or a pipe get this width instead of the 80 columns Rich
+# assumes there: the metric tables are wide, and squashed cells lose their digits.
+# (Tables do not expand, so a narrow table stays narrow.)
+_FILE_WIDTH = 200
+
+
+def _table(out: Any, table: Table) -> None:
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(file=out.file, width=_FILE_WIDTH, soft_wrap=True).print(table)
+
+
+def _print_eval(out: Any, result: EvalResult, *, per_question: bool) -> None:
+    from pipeline.evaluate import answer_table, retrieval_table
+
+    _table(out, retrieval_table(result.retrieval))
+    if per_question:
+        _table(out, _question_table(result))
+    if result.answers is not None:
+        _table(out, answer_table(result.answers))
+    out.print(_summary(result), highlight=False)
+
+
+def _print_comparison(out: Any, result: ComparisonResult, *, per_question: bool) -> None:
+    from pipeline.evaluate import comparison_table, retrieval_table
+
+    for run in (result.a, result.b):
+        _table(out, retrieval_table(run.retrieval, title=f"Page retrieval, {run.label}"))
+    _table(out, comparison_table(result.comparison, title=f"{result.b.label} vs {result.a.label}"))
+    if per_question:
+        table = Table(title="agreement per question")
+        for column in ("id", "top-1 agree", *(f"Jaccard@{k}" for k in result.comparison.ks)):
+            table.add_column(column, justify="left" if column == "id" else "right")
+        for q in result.comparison.questions:
+            table.add_row(
+                q.id,
+                "yes" if q.top1_agree else "no",
+                *(f"{q.jaccard[k]:.2f}" for k in result.comparison.ks),
+            )
+        _table(out, table)
+    for run in (result.a, result.b):
+        out.print(f"{run.label}: {_summary(run)}", highlight=False)
+
+
+def _question_table(result: EvalResult) -> Table:
+    report = result.retrieval
+    ks = report.ks
+    table = Table(title="per question")
+    for column in ("id", "category", "evidence", "first hit", *(f"R@{k}" for k in ks), "top 3"):
+        table.add_column(column, justify="right" if column.startswith(("R@", "first")) else "left")
+    for q in report.questions:
+        evidence = ",".join(str(p) for _, p in q.relevant) or "-"
+        top = ", ".join(
+            f"p.{p}" if result.scope == "document" else f"{PurePosixPath(d).name} p.{p}"
+            for d, p in q.retrieved[:3]
+        )
+        if q.metrics is None:
+            table.add_row(q.id, q.category or "", f"({q.excluded})", "", *("" for _ in ks), top)
+            continue
+        table.add_row(
+            q.id,
+            q.category or "",
+            evidence,
+            str(q.first_relevant_rank or "-"),
+            *(f"{q.metrics[f'recall@{k}']:.2f}" for k in ks),
+            top,
+        )
+    for qid, why in result.skipped.items():
+        table.add_row(qid, "", "(skipped)", "", *("" for _ in ks), why)
+    return table
+
+
+# ------------------------------------------------------------------ explain
+
+
+def explain_command(
+    query: Annotated[str, typer.Argument(help="The question or words to explain.")],
+    file: Annotated[
+        Path, typer.Argument(help="A file that was ingested (found by path or by content).")
+    ],
+    page: Annotated[int, typer.Option("--page", "-p", help="Page number, from 1.")],
+    out_path: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Image to write (.png, .jpg, .webp).", show_default=False),
+    ],
+    per_token: Annotated[
+        bool,
+        typer.Option(
+            "--per-token", help="One map per query token (where each token looks) in a grid."
+        ),
+    ] = False,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="contributions: the patches each query token matched best, weighted by the "
+            "score they added (sums to the MaxSim score); combined: every positive similarity."
+        ),
+    ] = "contributions",
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Draw which patches of page N made it match QUERY: a heatmap over the page image.
+
+    Uses the page's stored vectors and image and the collection's model, so it shows the
+    comparison search made. Needs a model with a fixed patch grid (ColPali).
+    """
+    from PIL import Image
+
+    from pipeline.explain import explain_page
+
+    base = _base()
+    if kind not in _MAP_KINDS:
+        raise typer.BadParameter(
+            f"choose contributions or combined, got {kind!r}", param_hint="--kind"
+        )
+    if out_path.suffix.lower() not in Image.registered_extensions():
+        raise typer.BadParameter(
+            f"cannot tell the image format from {out_path.name!r}: use .png, .jpg or .webp",
+            param_hint="--out",
+        )
+    rag = base._rag(config)
+    try:
+        with rag:
+            explanation = explain_page(rag, query, file, page, kind=cast("MapKind", kind))
+    except PageRAGError as exc:
+        base._fail(exc)
+    image = explanation.token_sheet() if per_token else explanation.image
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out_path)
+    except OSError as exc:
+        base.err.print(f"[bold red]error:[/] cannot write {out_path}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    data = explanation.to_dict()
+    data |= {"out": str(out_path), "out_size": list(image.size), "per_token": per_token}
+    if json_out:
+        base.out.print_json(json.dumps(data))
+        return
+    maps = explanation.maps
+    base.out.print(
+        f"wrote {out_path} ({image.width}×{image.height}): page {page} of {file}, "
+        f"MaxSim score {maps.score:.3f} over {len(maps.token_scores)} query tokens, "
+        f"{100 * maps.patch_share:.0f}% of it from image patches ({kind} map"
+        + (", one per token" if per_token else "")
+        + ")",
+        highlight=False,
+    )
