@@ -56,7 +56,8 @@ def raw_pdftoppm(files: list[Path], dpi: int) -> float:
     for path in files:
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(
-                ["pdftoppm", "-jpeg", "-r", str(dpi), str(path), f"{tmp}/p"], check=True,
+                ["pdftoppm", "-jpeg", "-r", str(dpi), str(path), f"{tmp}/p"],
+                check=True,
                 capture_output=True,
             )
             pages += len(os.listdir(tmp))
@@ -114,14 +115,30 @@ def end_to_end(
     }
 
 
-def end_to_end_subprocess(files: list[Path], dpi: int, seconds_per_page: float,
-                          workers: int, *, trace: bool = False) -> dict:
+def end_to_end_subprocess(
+    files: list[Path], dpi: int, seconds_per_page: float, workers: int, *, trace: bool = False
+) -> dict:
     """``end_to_end`` in a fresh interpreter, so its peak RSS is its own."""
-    args = [sys.executable, __file__, "--child", "--dpi", str(dpi), "--workers", str(workers),
-            "--seconds-per-page", str(seconds_per_page), *(["--trace"] if trace else []),
-            *map(str, files)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True,
-                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    args = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--dpi",
+        str(dpi),
+        "--workers",
+        str(workers),
+        "--seconds-per-page",
+        str(seconds_per_page),
+        *(["--trace"] if trace else []),
+        *map(str, files),
+    ]
+    out = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
     return json.loads(out.stdout)
 
 
@@ -145,8 +162,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=4, help="QA documents to use")
     parser.add_argument("--dpi", type=int, default=150)
     parser.add_argument("--workers", type=int, default=2, help="render.workers end to end")
-    parser.add_argument("--seconds-per-page", type=float, default=0.25,
-                        help="fixed embedder cost per page (stands in for the model)")
+    parser.add_argument(
+        "--seconds-per-page",
+        type=float,
+        default=0.25,
+        help="fixed embedder cost per page (stands in for the model)",
+    )
     parser.add_argument("--long-pages", type=int, default=520)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -155,8 +176,13 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(end_to_end(args.files, args.dpi, args.seconds_per_page, args.workers,
-                                    trace=args.trace)))
+        print(
+            json.dumps(
+                end_to_end(
+                    args.files, args.dpi, args.seconds_per_page, args.workers, trace=args.trace
+                )
+            )
+        )
         return
 
     files = qa_docs(args.corpus, args.docs)
@@ -175,7 +201,9 @@ def main() -> None:
         "render_vs_raw": round(rendered / raw, 3),
         "embedder_seconds_per_page": args.seconds_per_page,
         "end_to_end_pps": round(e2e["pps"], 2),
-        "embedder_bound_pps": round(1 / args.seconds_per_page, 2) if args.seconds_per_page else None,
+        "embedder_bound_pps": round(1 / args.seconds_per_page, 2)
+        if args.seconds_per_page
+        else None,
         "embed_busy_share": round(e2e["embed_busy_share"], 3),
         "short_doc_pages": short["pages"],
         "short_doc_peak_rss_mb": round(short["peak_rss_mb"], 1),
@@ -192,11 +220,13 @@ def main() -> None:
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
     print()
-    print(f"targets: render_vs_raw >= 0.9 ({'ok' if result['render_vs_raw'] >= 0.9 else 'MISSED'}),"
-          f" embed_busy_share >= 0.95 "
-          f"({'ok' if result['embed_busy_share'] >= 0.95 else 'MISSED'}), peak RSS flat in length "
-          f"({result['short_doc_peak_rss_mb']} MB for {result['short_doc_pages']} pages vs "
-          f"{result['long_doc_peak_rss_mb']} MB for {result['long_doc_pages']} pages)")
+    print(
+        f"targets: render_vs_raw >= 0.9 ({'ok' if result['render_vs_raw'] >= 0.9 else 'MISSED'}),"
+        f" embed_busy_share >= 0.95 "
+        f"({'ok' if result['embed_busy_share'] >= 0.95 else 'MISSED'}), peak RSS flat in length "
+        f"({result['short_doc_peak_rss_mb']} MB for {result['short_doc_pages']} pages vs "
+        f"{result['long_doc_peak_rss_mb']} MB for {result['long_doc_pages']} pages)"
+    )
 
 
 if __name__ == "__main__":

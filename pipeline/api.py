@@ -46,6 +46,7 @@ from pipeline.types import (
 
 if TYPE_CHECKING:
     from pipeline.answer import Answerer, StreamingAnswer
+    from pipeline.explain import Explanation, MapKind
     from pipeline.render import Renderer
 
 __all__ = ["PageRAG", "Status", "parse_filter"]
@@ -495,6 +496,15 @@ class PageRAG:
         if not hits:
             return _nothing_found(self, filter)
         return await self.answerer.aanswer(question, hits)
+
+    def explain(
+        self, query: str, hit: PageHit | str, *, kind: MapKind = "contributions"
+    ) -> Explanation:
+        """Why ``hit`` (or a page point id) matched ``query``: per-patch MaxSim maps and a
+        heatmap over the stored page image. See :func:`pipeline.explain.explain_hit`."""
+        from pipeline.explain import explain_hit
+
+        return explain_hit(self, query, hit, kind=kind)
 
 
 def _nothing_found(rag: PageRAG, filter: object) -> Answer:

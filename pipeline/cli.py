@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.cli_eval import register as register_eval_commands
 from pipeline.config import CONFIG_ENV, load_config
 from pipeline.errors import (
     ConfigError,
@@ -411,6 +412,9 @@ def ask(
         out.print()
         out.print("[bold]pages sent:[/]")
         _print_hits(list(answer.sources))
+
+
+register_eval_commands(app)
 
 
 def main() -> None:

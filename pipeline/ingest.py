@@ -42,6 +42,7 @@ from PIL import Image
 from pipeline.embed import PageEmbedder
 from pipeline.errors import InputError, ModelError, PageRAGError, StoreError
 from pipeline.pooling import pool_page
+from pipeline.render import PageFailure, RenderPlan
 from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
 from pipeline.types import CollectionSpec, DocumentRecord, Page, PagePoint, page_point_id
 
@@ -57,25 +58,8 @@ __all__ = [
 Status = Literal["ingested", "skipped", "partial", "failed"]
 
 
-@dataclass(frozen=True)
-class PageFailure:
-    """A page the renderer could not produce; the rest of the document goes on."""
-
-    page_number: int
-    error: InputError
-
-
-@dataclass(frozen=True)
-class RenderPlan:
-    """What the renderer learned when opening a document."""
-
-    path: Path
-    page_count: int  # pages that will be rendered
-    total_pages: int  # pages the file has (more when truncated by render.max_pages)
-
-
 class DocumentRenderer(Protocol):
-    """What the job needs from ``pipeline.render.Renderer``."""
+    """What the job needs from ``pipeline.render.Renderer`` (fakes implement it in tests)."""
 
     def open(self, path: Path, *, password: str | None = None) -> RenderPlan: ...
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,27 +23,24 @@ for _name in [n for n in os.environ if n.startswith("PAGERAG_")]:
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 
-class NetworkBlockedError(RuntimeError):
-    pass
+class NetworkBlockedError(OSError):
+    """An OSError, like a real refused connection, so libraries close their sockets."""
 
 
 def _is_loopback(address: object) -> bool:
-    if isinstance(address, tuple) and address:
-        host = str(address[0])
-    elif isinstance(address, (str, bytes)):
+    if isinstance(address, (str, bytes)):
         return True  # AF_UNIX socket paths
-    else:
+    if not (isinstance(address, tuple) and address):
         return False
-    if host in ("localhost", ""):
-        return True
+    host = str(address[0])
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host in ("localhost", "") or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
 @pytest.fixture(autouse=True)
-def _block_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _block_network(monkeypatch: pytest.MonkeyPatch) -> None:
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
 
@@ -60,7 +56,6 @@ def _block_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
-    yield
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,9 @@ def make_points(
         if image is not None:
             payload[IMAGE_FIELD] = base64.b64encode(image).decode("ascii")
         points.append(
-            PagePoint(point_id=page_point_id(document_id, page), vectors={"full": vec}, payload=payload)
+            PagePoint(
+                point_id=page_point_id(document_id, page), vectors={"full": vec}, payload=payload
+            )
         )
     return points
 

@@ -49,7 +49,9 @@ def test_help_lists_the_commands(env) -> None:
         assert command in out
     code, out, _ = run(env, "ingest", "--help")
     assert code == 0
-    assert "--workers" in out and "--batch-size" in out and "--json" in out
+    assert "--workers" in out
+    assert "--batch-size" in out
+    assert "--json" in out
 
 
 def test_ingest_status_search_ask_delete(env, docs: Path) -> None:
@@ -76,8 +78,9 @@ def test_ingest_status_search_ask_delete(env, docs: Path) -> None:
     assert len(hits) == 4
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
-    code, out, _ = run(env, "search", "page", "-k", "20", "--source", str(docs / "three.pdf"),
-                       "--json")
+    code, out, _ = run(
+        env, "search", "page", "-k", "20", "--source", str(docs / "three.pdf"), "--json"
+    )
     assert {h["page"] for h in json.loads(out)["hits"]} == {1, 2, 3}
 
     code, out, _ = run(env, "ask", "What is on page two?", "-k", "2", "--json")
@@ -88,7 +91,8 @@ def test_ingest_status_search_ask_delete(env, docs: Path) -> None:
     assert len(answer["sources"]) == 2
 
     code, out, _ = run(env, "delete", str(docs / "three.pdf"))
-    assert code == 0 and "deleted 1" in out
+    assert code == 0
+    assert "deleted 1" in out
     code, out, _ = run(env, "status", "--json")
     assert json.loads(out)["pages"] == 8
 
@@ -100,13 +104,16 @@ def test_a_bad_file_makes_exit_code_1_and_the_rest_is_ingested(env, docs: Path) 
     report = json.loads(out)
     assert report["files"] == {"ingested": 2, "skipped": 0, "partial": 0, "failed": 1}
     (failed,) = [o for o in report["outcomes"] if o["status"] == "failed"]
-    assert failed["path"].endswith("broken.pdf") and failed["reason"] == "damaged"
+    assert failed["path"].endswith("broken.pdf")
+    assert failed["reason"] == "damaged"
 
 
 def test_table_output_on_ingest(env, docs: Path) -> None:
     code, out, _ = run(env, "ingest", str(docs / "three.pdf"))
     assert code == 0
-    assert "ingested" in out and "three.pdf" in out and "pages/s" in out
+    assert "ingested" in out
+    assert "three.pdf" in out
+    assert "pages/s" in out
 
 
 @pytest.mark.parametrize(
@@ -129,7 +136,8 @@ def test_search_before_any_ingest_says_so(env) -> None:
     assert code == 1
     assert "pagerag ingest" in err
     code, out, _ = run(env, "status")
-    assert code == 0 and "nothing ingested yet" in out
+    assert code == 0
+    assert "nothing ingested yet" in out
 
 
 def test_missing_model_names_the_config_key(env, tmp_path: Path, docs: Path) -> None:

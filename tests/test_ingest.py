@@ -25,7 +25,9 @@ NOT_A_PDF = "robust/ocrmypdf/tests/resources/invalid.pdf"
 
 def pdf_pages(path: Path) -> int:
     info = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True)
-    return next(int(line.split()[1]) for line in info.stdout.splitlines() if line.startswith("Pages:"))
+    return next(
+        int(line.split()[1]) for line in info.stdout.splitlines() if line.startswith("Pages:")
+    )
 
 
 def config_for(tmp_path: Path, **store: object) -> PageRAGConfig:
@@ -85,8 +87,18 @@ def test_payload_and_image_are_stored(make_rag, docs: Path) -> None:
     rag.ingest([docs / "three.pdf"])
     hit = rag.search("page", k=1)[0]
     payload = hit.payload
-    for key in ("document_id", "source", "file_name", "page", "page_count", "width", "height",
-                "dpi", "ingested_at", "model"):
+    for key in (
+        "document_id",
+        "source",
+        "file_name",
+        "page",
+        "page_count",
+        "width",
+        "height",
+        "dpi",
+        "ingested_at",
+        "model",
+    ):
         assert key in payload, key
     assert payload["page_count"] == 3
     assert payload["model"] == FAKE_SPEC.name
@@ -173,10 +185,12 @@ def test_pooled_vectors_are_stored_for_grid_models(make_rag, docs: Path) -> None
     rag = make_rag()
     rag.ingest([docs / "three.pdf"])
     spec = rag.store.spec()
-    assert spec is not None and spec.pooled == ("rows", "cols")
+    assert spec is not None
+    assert spec.pooled == ("rows", "cols")
     ids = [i for batch in rag.store.iter_page_ids() for i in batch]
     rows = rag.store.page_vectors(ids[:1], using="rows")[ids[0]]
-    assert rows.shape == (32 + 6, FAKE_SPEC.dim) and rows.dtype == np.float16
+    assert rows.shape == (32 + 6, FAKE_SPEC.dim)
+    assert rows.dtype == np.float16
 
 
 def test_model_that_cannot_load_fails_the_job_with_its_message(make_rag, docs: Path) -> None:
