@@ -267,12 +267,7 @@ class PageRAG:
 
         discovery = discover(list(inputs), self.config.ingest.extensions)
         missing = [
-            FileOutcome(
-                path=str(item),
-                status="failed",
-                reason="not_found",
-                message=f"{item}: no such file, folder or matching glob",
-            )
+            FileOutcome(path=str(item), status="failed", reason=item.kind, message=item.message)
             for item in discovery.missing
         ]
         spec = self._open(create=True)

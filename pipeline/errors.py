@@ -9,6 +9,7 @@ message: adapters build messages from config *names*, never values.
     PageRAGError
     ├── ConfigError                  bad YAML, unknown key, bad env override
     ├── OptionalDependencyError      (also ImportError) an extra is not installed
+    ├── PopplerNotInstalledError     pdfinfo/pdftoppm missing: stops the job (every PDF would fail)
     ├── InputError                   one input file or page cannot be ingested
     │   ├── UnsupportedFileError     not a PDF or a supported image
     │   ├── DamagedFileError         poppler/pillow cannot read it
@@ -47,6 +48,7 @@ __all__ = [
     "OptionalDependencyError",
     "PageRAGError",
     "PasswordRequiredError",
+    "PopplerNotInstalledError",
     "QueryError",
     "RenderTimeoutError",
     "StoreError",
@@ -79,6 +81,19 @@ class OptionalDependencyError(PageRAGError, ImportError):
             f"Install it with: pip install 'pagerag[{extra}]'"
         )
         self.extra = extra
+
+
+class PopplerNotInstalledError(PageRAGError):
+    """``pdfinfo``/``pdftoppm`` are missing. Not an InputError: every PDF would fail alike,
+    so the job stops instead of recording the same failure for each file."""
+
+    def __init__(self, tool: str, where: str | None = None) -> None:
+        place = f"in {where}" if where else "on PATH"
+        super().__init__(
+            f"{tool} (poppler-utils) was not found {place}, so PDFs cannot be rendered. "
+            "Install poppler: apt-get install poppler-utils (Debian/Ubuntu), "
+            "dnf install poppler-utils (Fedora), brew install poppler (macOS)."
+        )
 
 
 class InputError(PageRAGError):

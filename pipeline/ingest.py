@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import queue
 import threading
 import time
@@ -42,7 +41,7 @@ from PIL import Image
 from pipeline.embed import PageEmbedder
 from pipeline.errors import InputError, ModelError, PageRAGError, StoreError
 from pipeline.pooling import pool_page
-from pipeline.render import PageFailure, RenderPlan
+from pipeline.render import PageFailure, RenderPlan, jpeg_to_image
 from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
 from pipeline.types import CollectionSpec, DocumentRecord, Page, PagePoint, page_point_id
 
@@ -354,7 +353,7 @@ class IngestJob:
                     # Decode here, not in the embed stage: the embedder's thread
                     # should spend its time embedding.
                     try:
-                        image = Image.open(io.BytesIO(item.jpeg)).convert("RGB")
+                        image = jpeg_to_image(item.jpeg)
                     except Exception as exc:  # a corrupt page image
                         state.failures.append(
                             PageFailure(
