@@ -65,11 +65,13 @@ from pipeline.errors import (
 from pipeline.store import (
     COLLECTION_POINT_ID,
     IMAGE_FIELD,
-    KIND_COLLECTION,
     KIND_DOCUMENT,
     KIND_PAGE,
+    check_manifest_version,
+    manifest_payload,
     record_from_payload,
     record_to_payload,
+    spec_from_manifest,
 )
 from pipeline.types import (
     CollectionSpec,
@@ -102,7 +104,6 @@ _NO_HNSW = qm.HnswConfigDiff(m=0)
 # binary codes rank MaxSim far more coarsely than int8, so they need a wider net.
 _OVERSAMPLING = {"scalar": 2.0, "binary": 4.0}
 # Bump when the manifest or payload layout changes incompatibly (as connectors.qdrant_edge).
-MANIFEST_SCHEMA_VERSION = 1
 # Longest wait between two retries, whatever the backoff says.
 _MAX_BACKOFF_S = 30.0
 # Ids per retrieve call in page_vectors: one page is ~130k floats on the wire.
@@ -496,22 +497,7 @@ class ClientPageStore:
             )
 
     def _write_manifest(self, spec: CollectionSpec) -> None:
-        # Same keys as the embedded engine's manifest (connectors.qdrant_edge).
-        payload = {
-            "kind": KIND_COLLECTION,
-            "schema_version": MANIFEST_SCHEMA_VERSION,
-            "engine": self._engine_name(),
-            "collection": spec.name,
-            "model": spec.model,
-            "dim": spec.dim,
-            "full_vector": spec.full_vector,
-            "pooled": list(spec.pooled),
-            "datatype": spec.datatype,
-            "quantization": spec.quantization,
-            "on_disk": spec.on_disk,
-            "distance": "Dot",
-            "comparator": "max_sim",
-        }
+        payload = manifest_payload(spec, engine=self._engine_name())
         point = qm.PointStruct(id=COLLECTION_POINT_ID, vector={}, payload=payload)
         self._call(
             f"recording the model of collection {spec.name!r}",
@@ -527,26 +513,8 @@ class ClientPageStore:
         if not records or not records[0].payload:
             return None
         manifest = dict(records[0].payload)
-        version = int(manifest.get("schema_version", 0))
-        if version > MANIFEST_SCHEMA_VERSION:
-            raise StoreError(
-                f"collection {name!r} in {self._describe_engine()} was written by a newer "
-                f"pagerag (store schema {version}, this one reads {MANIFEST_SCHEMA_VERSION}); "
-                "upgrade pagerag"
-            )
+        check_manifest_version(manifest, where=f"collection {name!r} in {self._describe_engine()}")
         return manifest
-
-    def _spec_from_manifest(self, name: str, manifest: Mapping[str, Any]) -> CollectionSpec:
-        return CollectionSpec(
-            name=name,
-            model=str(manifest["model"]),
-            dim=int(manifest["dim"]),
-            full_vector=str(manifest.get("full_vector", "full")),
-            pooled=tuple(manifest.get("pooled", ())),
-            datatype=manifest.get("datatype", "float16"),
-            quantization=manifest.get("quantization", "none"),
-            on_disk=bool(manifest.get("on_disk", False)),
-        )
 
     def _layout(self, name: str) -> Mapping[str, qm.VectorParams]:
         info = self._call(f"reading collection {name!r}", lambda c: c.get_collection(name))
@@ -578,7 +546,7 @@ class ClientPageStore:
             )
             self._write_manifest(recorded)
         else:
-            recorded = self._spec_from_manifest(name, manifest)
+            recorded = spec_from_manifest(name, manifest)
         return self._evolve(spec, recorded, layout)
 
     def _validate(
@@ -722,7 +690,7 @@ class ClientPageStore:
         if not exists:
             return None
         manifest = self._manifest(name)
-        return self._spec_from_manifest(name, manifest) if manifest is not None else None
+        return spec_from_manifest(name, manifest) if manifest is not None else None
 
     # ------------------------------------------------------------------ writes
 

@@ -68,11 +68,13 @@ from pipeline.errors import (
 from pipeline.store import (
     COLLECTION_POINT_ID,
     IMAGE_FIELD,
-    KIND_COLLECTION,
     KIND_DOCUMENT,
     KIND_PAGE,
+    check_manifest_version,
+    manifest_payload,
     record_from_payload,
     record_to_payload,
+    spec_from_manifest,
 )
 from pipeline.types import (
     CollectionSpec,
@@ -85,13 +87,12 @@ from pipeline.types import (
     document_point_id,
 )
 
-__all__ = ["MANIFEST_SCHEMA_VERSION", "EdgePageStore"]
+__all__ = ["EdgePageStore"]
 
 log = logging.getLogger(__name__)
 
 ENGINE = "qdrant-edge"
 # Bump when the manifest or payload layout changes incompatibly.
-MANIFEST_SCHEMA_VERSION = 1
 _DISTANCE = "Dot"
 _COMPARATOR = "max_sim"
 # Keyword payload indexes: every page filter and every mark lookup uses these.
@@ -255,7 +256,7 @@ class EdgePageStore:
                     shard.close()
             finally:
                 file_lock.release()
-            return self._spec_from_manifest(manifest) if manifest else None
+            return spec_from_manifest(self._collection, manifest) if manifest else None
 
     def optimize(self) -> bool:
         """Run the engine's segment optimizers now (blocking).
@@ -541,7 +542,7 @@ class EdgePageStore:
                     )
                 recorded = None  # created, then interrupted before the manifest was written
             else:
-                recorded = self._spec_from_manifest(manifest)
+                recorded = spec_from_manifest(self._collection, manifest)
             layout = self._read_layout() or (_layout_from_spec(recorded) if recorded else {})
             self._validate(spec, recorded, layout)
             if recorded is None:
@@ -674,21 +675,7 @@ class EdgePageStore:
                 )
 
     def _write_manifest(self, shard: qe.EdgeShard, spec: CollectionSpec) -> None:
-        payload = {
-            "kind": KIND_COLLECTION,
-            "schema_version": MANIFEST_SCHEMA_VERSION,
-            "engine": ENGINE,
-            "collection": self._collection,
-            "model": spec.model,
-            "dim": spec.dim,
-            "full_vector": spec.full_vector,
-            "pooled": list(spec.pooled),
-            "datatype": spec.datatype,
-            "quantization": spec.quantization,
-            "on_disk": spec.on_disk,
-            "distance": _DISTANCE,
-            "comparator": _COMPARATOR,
-        }
+        payload = manifest_payload(spec, engine=ENGINE)
         point = qe.Point(id=COLLECTION_POINT_ID, vector={}, payload=payload)
         shard.update(qe.UpdateOperation.upsert_points([point]))
         shard.flush()
@@ -698,26 +685,8 @@ class EdgePageStore:
         if not records or not records[0].payload:
             return None
         manifest = dict(records[0].payload)
-        version = int(manifest.get("schema_version", 0))
-        if version > MANIFEST_SCHEMA_VERSION:
-            raise StoreError(
-                f"collection {self._collection!r} in {self._path} was written by a newer "
-                f"pagerag (store schema {version}, this one reads {MANIFEST_SCHEMA_VERSION}); "
-                "upgrade pagerag"
-            )
+        check_manifest_version(manifest, where=f"collection {self._collection!r} in {self._path}")
         return manifest
-
-    def _spec_from_manifest(self, manifest: Mapping[str, Any]) -> CollectionSpec:
-        return CollectionSpec(
-            name=self._collection,
-            model=str(manifest["model"]),
-            dim=int(manifest["dim"]),
-            full_vector=str(manifest["full_vector"]),
-            pooled=tuple(manifest.get("pooled", ())),
-            datatype=manifest.get("datatype", "float16"),
-            quantization=manifest.get("quantization", "none"),
-            on_disk=bool(manifest.get("on_disk", False)),
-        )
 
     def _read_layout(self) -> dict[str, dict[str, Any]] | None:
         """Vector params as the engine persisted them, or None if unreadable."""

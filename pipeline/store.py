@@ -25,9 +25,10 @@ Vectorless points are never returned by vector search.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from pipeline.errors import StoreError
 from pipeline.types import (
     CollectionSpec,
     DocumentRecord,
@@ -44,10 +45,14 @@ __all__ = [
     "KIND_COLLECTION",
     "KIND_DOCUMENT",
     "KIND_PAGE",
+    "MANIFEST_SCHEMA_VERSION",
     "PageStore",
+    "check_manifest_version",
+    "manifest_payload",
     "record_from_payload",
     "record_to_payload",
     "source_dirs",
+    "spec_from_manifest",
 ]
 
 KIND_PAGE = "page"
@@ -57,6 +62,52 @@ KIND_COLLECTION = "collection"
 # large); fetched on demand by PageStore.page_image.
 IMAGE_FIELD = "image_jpeg_b64"
 COLLECTION_POINT_ID = "00000000-0000-5000-8000-00000000c011"
+
+
+# Bumped when the stored layout changes in a way older pagerag cannot read.
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def manifest_payload(spec: CollectionSpec, *, engine: str) -> dict[str, Any]:
+    """The payload of the collection point: what every adapter records and checks on open."""
+    return {
+        "kind": KIND_COLLECTION,
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "engine": engine,
+        "collection": spec.name,
+        "model": spec.model,
+        "dim": spec.dim,
+        "full_vector": spec.full_vector,
+        "pooled": list(spec.pooled),
+        "datatype": spec.datatype,
+        "quantization": spec.quantization,
+        "on_disk": spec.on_disk,
+        "distance": "Dot",
+        "comparator": "max_sim",
+    }
+
+
+def check_manifest_version(manifest: Mapping[str, Any], *, where: str) -> None:
+    """Refuse a collection written by a newer pagerag instead of misreading it."""
+    version = int(manifest.get("schema_version", 0))
+    if version > MANIFEST_SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} was written by a newer pagerag (store schema {version}, this one reads "
+            f"{MANIFEST_SCHEMA_VERSION}); upgrade pagerag"
+        )
+
+
+def spec_from_manifest(name: str, manifest: Mapping[str, Any]) -> CollectionSpec:
+    return CollectionSpec(
+        name=name,
+        model=str(manifest["model"]),
+        dim=int(manifest["dim"]),
+        full_vector=str(manifest.get("full_vector", "full")),
+        pooled=tuple(manifest.get("pooled", ())),
+        datatype=manifest.get("datatype", "float16"),
+        quantization=manifest.get("quantization", "none"),
+        on_disk=bool(manifest.get("on_disk", False)),
+    )
 
 
 def source_dirs(source: str) -> list[str]:
