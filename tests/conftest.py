@@ -23,6 +23,17 @@ for _name in [n for n in os.environ if n.startswith("PAGERAG_")]:
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run only when selected (``-m slow``), skipped with the reason."""
+    expression = config.getoption("markexpr") or ""
+    if "slow" in expression and "not slow" not in expression:
+        return
+    skip = pytest.mark.skip(reason="slow: minutes of work; select with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 class NetworkBlockedError(OSError):
     """An OSError, like a real refused connection, so libraries close their sockets."""
 

@@ -483,15 +483,11 @@ def test_comparison_of_exact_and_two_stage(
 
 @pytest.mark.slow
 def test_full_qa_set_runs_end_to_end(
-    request: pytest.FixtureRequest,
     tiny_model_dir: Path,
     qa_rows: list[dict[str, Any]],
     corpus: Path,
     tmp_path: Path,
 ) -> None:
-    expression = request.config.getoption("markexpr") or ""
-    if "slow" not in expression or "not slow" in expression:
-        pytest.skip("the full QA run takes ~30 s (237 pages): select it with -m slow")
     progress: list[EvalProgress] = []
     with PageRAG(tiny_config(tmp_path, tiny_model_dir)) as full:
         result = run_eval(full, corpus / "qa" / "questions.jsonl", progress=progress.append)

@@ -752,7 +752,7 @@ def test_damaged_image_is_damaged(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_manifest_sweep_page_one(
-    request: pytest.FixtureRequest, corpus: Path, manifest: list[dict[str, str]]
+    corpus: Path, manifest: list[dict[str, str]]
 ) -> None:
     """Every robust/ file, page 1 at 36 DPI: our outcome agrees with pdftoppm's exit code.
 
@@ -760,9 +760,6 @@ def test_manifest_sweep_page_one(
     open error, or a page when the password is known; rc 124 → timeout; rc 99 → damaged.
     No file may take longer than the timeout plus a margin.
     """
-    expression = request.config.getoption("markexpr") or ""
-    if "slow" not in expression or "not slow" in expression:
-        pytest.skip("the manifest sweep takes ~40-80 s (679 files): select it with -m slow")
     timeout = 10.0
     renderer = _renderer(dpi=36, max_pages=1, timeout_s=timeout)
     expected_errors = {
