@@ -88,6 +88,8 @@ class IngestReport:
     outcomes: list[FileOutcome] = field(default_factory=list)
     seconds: float = 0.0
     embed_busy_seconds: float = 0.0
+    # When the first batch reached the embedder: the job's start-up latency.
+    first_batch_seconds: float | None = None
     interrupted: bool = False
 
     @property
@@ -118,6 +120,9 @@ class IngestReport:
             if self.seconds
             else None,
             "embed_busy_seconds": round(self.embed_busy_seconds, 3),
+            "first_batch_seconds": (
+                None if self.first_batch_seconds is None else round(self.first_batch_seconds, 3)
+            ),
             "files": {s: self.count(s) for s in ("ingested", "skipped", "partial", "failed")},
             "outcomes": [asdict(o) for o in self.outcomes],
         }
@@ -210,6 +215,7 @@ class IngestJob:
         self._pages_total = 0
         self._pages_done = 0
         self._files_total = 0
+        self._first_batch: float | None = None
 
     # -- public ---------------------------------------------------------------
 
@@ -265,6 +271,9 @@ class IngestJob:
         report = IngestReport(
             seconds=time.monotonic() - started,
             embed_busy_seconds=busy,
+            first_batch_seconds=(
+                None if self._first_batch is None else self._first_batch - started
+            ),
             interrupted=self.stop_event.is_set() and self._fatal is None,
         )
         report.outcomes = list(failed)
@@ -405,6 +414,8 @@ class IngestJob:
             nonlocal busy
             if batch:
                 t0 = time.monotonic()
+                if self._first_batch is None:
+                    self._first_batch = t0
                 try:
                     built = self._embed_batch(batch)
                 except _Fatal as fatal:
