@@ -235,7 +235,8 @@ def main() -> None:
     print(
         f"targets: render_vs_raw >= 0.9 ({'ok' if result['render_vs_raw'] >= 0.9 else 'MISSED'}),"
         f" embed_busy_share >= 0.95 "
-        f"({'ok' if result['embed_busy_share'] >= 0.95 else 'MISSED'}), pipeline memory flat in length "
+        f"({'ok' if result['embed_busy_share'] >= 0.95 else 'MISSED'}), "
+        "pipeline memory flat in length "
         f"({result['short_doc_python_peak_mb']} MB for {result['short_doc_pages']} pages vs "
         f"{result['long_doc_python_peak_mb']} MB for {result['long_doc_pages']} pages)"
     )
