@@ -146,3 +146,11 @@ def test_missing_model_names_the_config_key(env, tmp_path: Path, docs: Path) -> 
     assert code == 1
     text = out + err
     assert "embedding.model_path" in text
+
+
+def test_ask_stream_without_a_vlm_prints_the_pages_and_how_to_configure(env, docs: Path) -> None:
+    assert run(env, "ingest", str(docs / "three.pdf"), "-q")[0] == 0
+    code, out, _ = run(env, "ask", "what is on page 2?", "--stream", "-k", "2")
+    assert code == 0
+    assert "vlm.base_url" in out
+    assert "pages sent" in out
