@@ -751,9 +751,7 @@ def test_damaged_image_is_damaged(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_manifest_sweep_page_one(
-    corpus: Path, manifest: list[dict[str, str]]
-) -> None:
+def test_manifest_sweep_page_one(corpus: Path, manifest: list[dict[str, str]]) -> None:
     """Every robust/ file, page 1 at 36 DPI: our outcome agrees with pdftoppm's exit code.
 
     rc 0 (and the five ``.Pdf`` files the manifest left blank) → a page; rc 1 → a typed
