@@ -10,6 +10,7 @@ message: adapters build messages from config *names*, never values.
     ├── ConfigError                  bad YAML, unknown key, bad env override
     ├── OptionalDependencyError      (also ImportError) an extra is not installed
     ├── PopplerNotInstalledError     pdfinfo/pdftoppm missing: stops the job (every PDF would fail)
+    ├── RenderCancelledError         the job is stopping: poppler was killed mid-run
     ├── InputError                   one input file or page cannot be ingested
     │   ├── UnsupportedFileError     not a PDF or a supported image
     │   ├── DamagedFileError         poppler/pillow cannot read it
@@ -50,6 +51,7 @@ __all__ = [
     "PasswordRequiredError",
     "PopplerNotInstalledError",
     "QueryError",
+    "RenderCancelledError",
     "RenderTimeoutError",
     "StoreError",
     "StoreInUseError",
@@ -94,6 +96,10 @@ class PopplerNotInstalledError(PageRAGError):
             "Install poppler: apt-get install poppler-utils (Debian/Ubuntu), "
             "dnf install poppler-utils (Fedora), brew install poppler (macOS)."
         )
+
+
+class RenderCancelledError(PageRAGError):
+    """Rendering was stopped because the job is stopping (SIGINT/SIGTERM); rerun to resume."""
 
 
 class InputError(PageRAGError):

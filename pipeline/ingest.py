@@ -39,7 +39,13 @@ from typing import Any, Literal, Protocol
 from PIL import Image
 
 from pipeline.embed import PageEmbedder
-from pipeline.errors import InputError, ModelError, PageRAGError, StoreError
+from pipeline.errors import (
+    InputError,
+    ModelError,
+    PageRAGError,
+    RenderCancelledError,
+    StoreError,
+)
 from pipeline.pooling import pool_page
 from pipeline.render import PageFailure, RenderPlan, jpeg_to_image
 from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
@@ -60,10 +66,17 @@ Status = Literal["ingested", "skipped", "partial", "failed"]
 class DocumentRenderer(Protocol):
     """What the job needs from ``pipeline.render.Renderer`` (fakes implement it in tests)."""
 
-    def open(self, path: Path, *, password: str | None = None) -> RenderPlan: ...
+    def open(
+        self, path: Path, *, password: str | None = None, cancel: threading.Event | None = None
+    ) -> RenderPlan: ...
 
     def iter_pages(
-        self, plan: RenderPlan, *, document_id: str, source: str
+        self,
+        plan: RenderPlan,
+        *,
+        document_id: str,
+        source: str,
+        cancel: threading.Event | None = None,
     ) -> Iterator[Page | PageFailure]: ...
 
 
@@ -216,6 +229,7 @@ class IngestJob:
         self._pages_done = 0
         self._files_total = 0
         self._first_batch: float | None = None
+        self._claimed: dict[str, Path] = {}  # document id -> first path with it in this job
 
     # -- public ---------------------------------------------------------------
 
@@ -325,6 +339,23 @@ class IngestJob:
                 ),
             )
             return
+        with self._lock:
+            first = self._claimed.setdefault(document_id, path)
+        if first != path:
+            # Same bytes under another name in this very job: one document id, so
+            # one set of pages; rendering it twice would interleave their pages.
+            self._finish(
+                index,
+                FileOutcome(
+                    path=str(path),
+                    status="skipped",
+                    document_id=document_id,
+                    reason="duplicate",
+                    message=f"same content as {first}, ingested by this job",
+                    seconds=time.monotonic() - started,
+                ),
+            )
+            return
         try:
             existing = self.store.get_document(document_id)
         except StoreError as exc:
@@ -350,11 +381,13 @@ class IngestJob:
 
         state = _DocState(path=path, document_id=document_id, started=started, file_bytes=size)
         try:
-            state.plan = self.renderer.open(path, password=self.password_for(path))
+            state.plan = self.renderer.open(
+                path, password=self.password_for(path), cancel=self.stop_event
+            )
             with self._lock:
                 self._pages_total += state.plan.page_count
             for item in self.renderer.iter_pages(
-                state.plan, document_id=document_id, source=str(path)
+                state.plan, document_id=document_id, source=str(path), cancel=self.stop_event
             ):
                 if isinstance(item, PageFailure):
                     state.failures.append(item)
@@ -380,6 +413,8 @@ class IngestJob:
                         break
                 if self._should_stop():
                     break
+        except RenderCancelledError:
+            pass  # the job is stopping: the document ends as interrupted
         except InputError as exc:
             state.render_error = exc
         except PageRAGError as exc:  # e.g. poppler missing: every file would fail alike
@@ -512,6 +547,18 @@ class IngestJob:
     # -- stage 3: upsert + completion -------------------------------------------
 
     def _upsert_stage(self, points: queue.Queue[Any]) -> None:
+        """Runs in its own thread: any failure must end the job, never kill the
+        thread silently (the embed stage would block on a full queue forever)."""
+        try:
+            self._upsert_loop(points)
+        except Exception as exc:  # an adapter bug: a StoreError it did not translate
+            self._set_fatal(
+                StoreError(f"the page store failed unexpectedly: {exc!r}; rerun to resume")
+            )
+            while points.get() is not _STOP:  # keep the embed stage unblocked
+                pass
+
+    def _upsert_loop(self, points: queue.Queue[Any]) -> None:
         pending: list[PagePoint] = []
         stored: dict[str, set[int]] = {}
         failures: dict[str, list[PageFailure]] = {}

@@ -88,6 +88,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import unicodedata
 import warnings
@@ -106,6 +107,7 @@ from pipeline.errors import (
     InputError,
     PasswordRequiredError,
     PopplerNotInstalledError,
+    RenderCancelledError,
     RenderTimeoutError,
     TooManyPagesError,
     UnsupportedFileError,
@@ -124,6 +126,7 @@ __all__ = [
     "fit_dpi",
     "jpeg_to_image",
     "sniff_type",
+    "sweep_stale_workdirs",
 ]
 
 SUPPORTED_TYPES = "PDF, PNG, JPEG, TIFF"
@@ -132,6 +135,7 @@ _SNIFF_BYTES = 1024
 _MAX_JPEG_SIDE = 65_000  # libjpeg refuses more than 65,500 px on a side
 _MAX_PDFINFO_PAGES = 2**31 - 1
 _BACKSTOP_GRACE_S = 2  # the coreutils timeout wrapper fires this much after our own deadline
+_CANCEL_POLL_S = 0.2  # how often a poppler wait looks at the job's stop event
 _STDERR_KEEP = 8192
 _STDOUT_LIMIT = 64 << 20
 _IMAGE_DEFAULT_DPI = 72
@@ -359,8 +363,13 @@ def _run_poppler(
     *,
     backstop: str | None,
     capture_stdout: bool = False,
+    cancel: threading.Event | None = None,
 ) -> _Run:
     """Run one poppler command with a hard deadline; never leaves it running.
+
+    ``cancel`` (the job's stop event) is polled a few times a second: when it
+    is set, poppler is killed and ``RenderCancelledError`` raised, so a stop
+    request never waits for a slow page range.
 
     The process gets its own process group, which is killed on timeout and on
     any exception (KeyboardInterrupt included): see ``_kill_group``. stdout and stderr are read
@@ -383,6 +392,8 @@ def _run_poppler(
     out = _Capture(_STDOUT_LIMIT)
     err = _Capture(_STDERR_KEEP, _STDERR_KEEP)
     timed_out = False
+    cancelled = False
+    tick = _CANCEL_POLL_S if cancel is not None else None
     try:
         streams: list[tuple[IO[bytes] | None, _Capture]] = [(proc.stdout, out), (proc.stderr, err)]
         with selectors.DefaultSelector() as selector:
@@ -394,13 +405,16 @@ def _run_poppler(
                 if remaining <= 0:
                     timed_out = True
                     break
-                for key, _ in selector.select(remaining):
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+                for key, _ in selector.select(min(remaining, tick or remaining)):
                     chunk = os.read(key.fd, 65536)
                     if chunk:
                         key.data.add(chunk)
                     else:
                         selector.unregister(key.fileobj)
-        if not timed_out:
+        if not timed_out and not cancelled:
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
@@ -411,6 +425,8 @@ def _run_poppler(
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+    if cancelled:
+        raise RenderCancelledError("rendering stopped: the job is stopping")
     returncode = proc.returncode
     if backstop is not None and returncode >= 128 and not timed_out:
         returncode = -(returncode - 128)  # the wrapper reports "killed by N" as 128+N
@@ -490,6 +506,43 @@ def fit_dpi(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> int
     return best
 
 
+_WORKDIR_PREFIX = "pagerag-render-"
+
+
+def sweep_stale_workdirs(tmpdir: str | None = None) -> int:
+    """Remove render work folders of processes that no longer exist.
+
+    A job killed with SIGKILL cannot clean up after itself; its folders are
+    named ``pagerag-render-<pid>-…``, so the next renderer to start removes
+    those whose process is gone. Returns how many were removed.
+    """
+    base = tmpdir or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(_WORKDIR_PREFIX):
+            continue
+        pid_text = name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def _chunks(pages: Sequence[PagePlan], size: int) -> list[tuple[int, int, int]]:
     """Consecutive runs of pages with the same DPI, at most ``size`` long: (first, last, dpi)."""
     runs: list[tuple[int, int, int]] = []
@@ -557,14 +610,31 @@ class Renderer:
         self.poppler_path = None if poppler_path is None else os.fspath(poppler_path)
         self._tools: dict[str, str] = {}
         self._backstop: str | Literal[False] | None = False  # False: not looked up yet
+        # The cancel event of the document this thread is rendering (see iter_pages).
+        self._local = threading.local()
+        sweep_stale_workdirs()
 
     # ----------------------------------------------------------------- public API
 
-    def open(self, path: str | os.PathLike[str], *, password: str | None = None) -> RenderPlan:
+    def open(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        password: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RenderPlan:
         """Probe a file: size, type, pages, password. Raises an ``InputError`` leaf.
 
-        ``password`` is only used if the file does not open without one.
+        ``password`` is only used if the file does not open without one. When
+        ``cancel`` is set, poppler is killed and ``RenderCancelledError`` raised.
         """
+        self._local.cancel = cancel
+        try:
+            return self._open(path, password)
+        finally:
+            self._local.cancel = None
+
+    def _open(self, path: str | os.PathLike[str], password: str | None) -> RenderPlan:
         file = Path(os.path.abspath(os.fspath(path)))
         try:
             status = file.stat()
@@ -599,17 +669,34 @@ class Renderer:
         )
 
     def iter_pages(
-        self, plan: RenderPlan, *, document_id: str, source: str
+        self,
+        plan: RenderPlan,
+        *,
+        document_id: str,
+        source: str,
+        cancel: threading.Event | None = None,
     ) -> Generator[Page | PageFailure, None, None]:
         """Yield a ``Page`` or ``PageFailure`` per planned page, in order.
 
         Raises ``RenderTimeoutError`` (page = first page not delivered) when
-        the document's time budget is spent. Holds at most one page range in
-        memory, and no poppler process is alive while a page is yielded.
+        the document's time budget is spent, ``RenderCancelledError`` soon
+        after ``cancel`` is set. Holds at most one page range in memory, and
+        no poppler process is alive while a page is yielded.
         """
         if plan.kind == "image":
-            return self._image_pages(plan, document_id, source)
-        return self._pdf_pages(plan, document_id, source)
+            return self._with_cancel(self._image_pages(plan, document_id, source), cancel)
+        return self._with_cancel(self._pdf_pages(plan, document_id, source), cancel)
+
+    def _with_cancel(
+        self, items: Generator[Page | PageFailure, None, None], cancel: threading.Event | None
+    ) -> Generator[Page | PageFailure, None, None]:
+        # A generator runs in the thread that iterates it, so a thread-local
+        # carries this document's cancel event down to each poppler run.
+        self._local.cancel = cancel
+        try:
+            yield from items
+        finally:
+            self._local.cancel = None
 
     def render(
         self,
@@ -655,7 +742,11 @@ class Renderer:
     ) -> _Run:
         try:
             run = _run_poppler(
-                argv, timeout, backstop=self._backstop_tool(), capture_stdout=capture_stdout
+                argv,
+                timeout,
+                backstop=self._backstop_tool(),
+                capture_stdout=capture_stdout,
+                cancel=getattr(self._local, "cancel", None),
             )
         except FileNotFoundError:
             raise PopplerNotInstalledError(os.path.basename(os.fsdecode(argv[0]))) from None
@@ -774,7 +865,7 @@ class Renderer:
     ) -> Generator[Page | PageFailure, None, None]:
         budget = self.config.timeout_s
         spent = plan.probe_seconds
-        workdir = tempfile.mkdtemp(prefix="pagerag-render-")
+        workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
         try:
             for first, last, dpi in _chunks(plan.pages, self.config.pages_per_chunk):
                 if budget - spent <= 0:
