@@ -145,6 +145,9 @@ def ingest(
             )
     except PageRAGError as exc:
         _fail(exc)
+    except KeyboardInterrupt:  # a second Ctrl-C: typer would exit 130 silently
+        err.print("aborted: pages stored so far are kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
     if json_out:
         out.print_json(json.dumps(report.to_dict()))
     else:

@@ -82,6 +82,9 @@ class RenderConfig(_Section):
     max_pages: int | None = Field(default=10_000, ge=1)
     on_too_many_pages: Literal["truncate", "refuse"] = "truncate"
     max_file_mb: float = Field(default=1024.0, gt=0)
+    # Address-space cap of each poppler process (prlimit --as): a resource bomb fails its
+    # allocation instead of taking the machine's memory. null: no cap.
+    max_poppler_mb: int | None = Field(default=1024, ge=256)
     # glob (matched against the absolute path or the file name) -> password
     passwords: dict[str, SecretStr] = Field(default_factory=dict)
     # A file of "glob<TAB or space>password" lines, for many passwords.

@@ -364,6 +364,7 @@ def _run_poppler(
     backstop: str | None,
     capture_stdout: bool = False,
     cancel: threading.Event | None = None,
+    memory_cap: tuple[str, int] | None = None,
 ) -> _Run:
     """Run one poppler command with a hard deadline; never leaves it running.
 
@@ -380,6 +381,8 @@ def _run_poppler(
     if backstop is not None:
         limit = str(math.ceil(timeout) + _BACKSTOP_GRACE_S)
         command = [backstop, "-s", "KILL", limit, *command]
+    if memory_cap is not None:  # (prlimit path, bytes): inherited by timeout and poppler
+        command = [memory_cap[0], f"--as={memory_cap[1]}", "--", *command]
     start = time.monotonic()
     deadline = start + timeout
     proc = subprocess.Popen(
@@ -612,6 +615,7 @@ class Renderer:
         self._backstop: str | Literal[False] | None = False  # False: not looked up yet
         # The cancel event of the document this thread is rendering (see iter_pages).
         self._local = threading.local()
+        self._prlimit: str | Literal[False] | None = False  # False: not looked up yet
         sweep_stale_workdirs()
 
     # ----------------------------------------------------------------- public API
@@ -732,6 +736,14 @@ class Renderer:
             self._tools[name] = found
         return found
 
+    def _memory_cap(self) -> tuple[str, int] | None:
+        limit = self.config.max_poppler_mb
+        if limit is None:
+            return None
+        if self._prlimit is False:
+            self._prlimit = shutil.which("prlimit")  # util-linux; without it, no cap
+        return None if self._prlimit is None else (self._prlimit, limit * 2**20)
+
     def _backstop_tool(self) -> str | None:
         if self._backstop is False:
             self._backstop = shutil.which("timeout")
@@ -747,6 +759,7 @@ class Renderer:
                 backstop=self._backstop_tool(),
                 capture_stdout=capture_stdout,
                 cancel=getattr(self._local, "cancel", None),
+                memory_cap=self._memory_cap(),
             )
         except FileNotFoundError:
             raise PopplerNotInstalledError(os.path.basename(os.fsdecode(argv[0]))) from None

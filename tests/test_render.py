@@ -623,8 +623,8 @@ def test_looping_file_times_out_while_opening_and_leaves_no_process(unique_copy:
 def test_slow_page_times_out_at_the_page_reached_and_leaves_no_process(
     unique_copy: Any,
 ) -> None:
-    bomb = unique_copy(BOMB)  # pdfinfo is quick; page 1 takes > 30 s to render
-    renderer = _renderer(timeout_s=2, dpi=72)
+    bomb = unique_copy(BOMB)  # pdfinfo is quick; page 1 takes > 30 s to render uncapped
+    renderer = _renderer(timeout_s=2, dpi=72, max_poppler_mb=None)
     plan = renderer.open(bomb)
     start = time.monotonic()
     with pytest.raises(RenderTimeoutError) as info:
@@ -788,3 +788,20 @@ def test_manifest_sweep_page_one(corpus: Path, manifest: list[dict[str, str]]) -
         if not ok or elapsed > timeout + 3:
             mismatches.append(f"{row['path']} rc={rc} -> {outcome!r} in {elapsed:.1f}s")
     assert mismatches == []
+
+
+@needs_proc
+def test_a_resource_bomb_hits_the_poppler_memory_cap_instead_of_the_machine(
+    unique_copy: Any, corpus: Path
+) -> None:
+    """bomb_giant.pdf grows pdftoppm to 2.4 GB uncapped; capped, it fails fast and typed."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed: poppler memory is not capped")
+    bomb = unique_copy(BOMB)
+    renderer = _renderer(timeout_s=20, dpi=72, max_poppler_mb=512)
+    plan = renderer.open(bomb)
+    start = time.monotonic()
+    items = list(renderer.iter_pages(plan, document_id="d", source="s"))
+    assert time.monotonic() - start < 10
+    assert all(isinstance(item, (Page, PageFailure)) for item in items)
+    assert _wait_gone(bomb.name, 1.0) == []

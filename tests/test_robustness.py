@@ -327,8 +327,8 @@ def sweep_problems(sweep: Sweep) -> list[str]:
         assert rule is not None
         statuses, reasons = rule
         twin = twins.get(o["document_id"], set()) - {row.path}
-        if twin and (o["status"], o["reason"]) == ("skipped", "unchanged"):
-            continue  # the same bytes under another name in this job: handled once
+        if twin and (o["status"], o["reason"]) == ("skipped", "duplicate"):
+            continue  # the same bytes under another name in this job: ingested once
         if o["status"] not in statuses or o["reason"] not in reasons:
             problems.append(
                 f"{row.path} rc={row.rc!r}: expected {sorted(statuses)} {reasons}, {got}"
