@@ -41,7 +41,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -683,6 +683,54 @@ class ClientPageStore:
                     "collection (store.collection), or search with --mode exact."
                 ) from None
 
+    # ------------------------------------------ in-place reindex (pipeline.reindex)
+
+    def add_vectors(self, names: Sequence[str]) -> None:
+        """Create pooled multivectors (not yet in the manifest); existing names are kept."""
+        spec = self._opened()
+        missing = [name for name in names if name not in self._layout(spec.name)]
+        if missing:
+            self._add_pooled_vectors(spec, missing)
+
+    def update_vectors(self, vectors: Mapping[str, Mapping[str, Float16Array]]) -> None:
+        """Set named vectors of existing points; payloads and other vectors stay."""
+        name = self._opened().name
+        points = [
+            qm.PointVectors(
+                id=point_id,
+                vector={k: np.asarray(v, dtype=np.float32).tolist() for k, v in named.items()},
+            )
+            for point_id, named in vectors.items()
+        ]
+        if points:
+            self._call(
+                f"updating vectors in {name!r}",
+                lambda c: c.update_vectors(name, points=points, wait=True),
+                retry=True,
+            )
+
+    def page_ids_missing(self, names: Sequence[str], *, batch: int = 256) -> Iterator[list[str]]:
+        name = self._opened().name
+        ids: list[str] = []
+        for record in self._scroll(name, _missing_filter(names), with_payload=False, limit=batch):
+            ids.append(str(record.id))
+            if len(ids) >= batch:
+                yield ids
+                ids = []
+        if ids:
+            yield ids
+
+    def count_pages_missing(self, names: Sequence[str]) -> int:
+        return self._count(self._opened().name, _missing_filter(names))
+
+    def record_pooled(self, names: Sequence[str]) -> CollectionSpec:
+        spec = self._opened()
+        updated = replace(spec, pooled=tuple(dict.fromkeys((*spec.pooled, *names))))
+        if updated != spec:
+            self._write_manifest(updated)
+            self._spec = updated
+        return updated
+
     def spec(self) -> CollectionSpec | None:
         """The spec recorded in the collection's manifest point, or None if absent."""
         name = self._name
@@ -1004,6 +1052,14 @@ class ClientPageStore:
 
 def _match(key: str, value: str) -> qm.FieldCondition:
     return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+
+
+def _missing_filter(names: Sequence[str]) -> qm.Filter:
+    """Pages lacking at least one of the named vectors."""
+    return qm.Filter(
+        must=[_match("kind", KIND_PAGE)],
+        should=[qm.Filter(must_not=[qm.HasVectorCondition(has_vector=n)]) for n in names],
+    )
 
 
 def _page_filter(flt: PageFilter | None) -> qm.Filter:

@@ -697,6 +697,60 @@ class EdgePageStore:
             return None
         return vectors if isinstance(vectors, dict) else None
 
+    # ------------------------------------------ in-place reindex (pipeline.reindex)
+
+    def add_vectors(self, names: Sequence[str]) -> None:
+        """Create pooled multivectors (not yet in the manifest); existing names are kept."""
+        layout = self._read_layout() or {}
+        with self._lock:
+            shard, spec = self._opened()
+            for name in names:
+                if name in layout:
+                    continue
+                try:
+                    shard.update(
+                        qe.UpdateOperation.create_dense_vector(
+                            name,
+                            spec.dim,
+                            qe.Distance.Dot,
+                            qe.MultiVectorConfig(comparator=qe.MultiVectorComparator.MaxSim),
+                            _DATATYPES[spec.datatype],
+                        )
+                    )
+                except Exception as exc:
+                    if "exist" not in str(exc).lower():
+                        raise StoreError(
+                            f"qdrant-edge could not add vector {name!r} in {self.shard_dir}: {exc}"
+                        ) from exc
+            # Usable for writes and reads now; listed in the manifest only by record_pooled.
+            self._vector_names = self._vector_names | set(names)
+            self._dirty = True
+
+    def update_vectors(self, vectors: Mapping[str, Mapping[str, Float16Array]]) -> None:
+        """Set named vectors of existing points; payloads and other vectors stay."""
+        points = [
+            qe.PointVectors(id=point_id, vector=_named_arrays(named))
+            for point_id, named in vectors.items()
+        ]
+        if points:
+            self._update("update vectors", qe.UpdateOperation.update_vectors(points))
+
+    def page_ids_missing(self, names: Sequence[str], *, batch: int = 256) -> Iterator[list[str]]:
+        for records in self._scroll(_missing_filter(names), limit=batch, with_payload=False):
+            yield [str(rec.id) for rec in records]
+
+    def count_pages_missing(self, names: Sequence[str]) -> int:
+        return self._count(_missing_filter(names))
+
+    def record_pooled(self, names: Sequence[str]) -> CollectionSpec:
+        with self._lock:
+            shard, spec = self._opened()
+            updated = replace(spec, pooled=tuple(dict.fromkeys((*spec.pooled, *names))))
+            if updated != spec:
+                self._write_manifest(shard, updated)
+                self._spec = updated
+            return updated
+
     # ------------------------------------------------------- call internals
 
     def _opened(self) -> tuple[qe.EdgeShard, CollectionSpec]:
@@ -805,6 +859,14 @@ def _page_filter(flt: PageFilter | None) -> qe.Filter:
         for key, value in sorted(flt.metadata.items()):
             must.append(_match(f"meta.{key}", value))
     return qe.Filter(must=must)
+
+
+def _missing_filter(names: Sequence[str]) -> qe.Filter:
+    """Pages lacking at least one of the named vectors."""
+    return qe.Filter(
+        must=[_match("kind", KIND_PAGE)],
+        should=[qe.Filter(must_not=[qe.HasVectorCondition(name)]) for name in names],
+    )
 
 
 def _quantization_config(

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli_eval import register as register_eval_commands
+from pipeline.cli_reindex import register as register_reindex_command
 from pipeline.config import CONFIG_ENV, load_config
 from pipeline.errors import (
     ConfigError,
@@ -418,6 +419,7 @@ def ask(
 
 
 register_eval_commands(app)
+register_reindex_command(app)
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""``pagerag reindex --pooled``: add pooled vectors to an existing collection in place.
+
+Kept in its own module so the command can be registered on any Typer app
+(``register(app)``; ``pipeline.cli`` does it for ``pagerag``). Same
+conventions as the other commands: ``--config FILE``, ``--json`` on stdout,
+progress on stderr only on a terminal, exit 0 on success (a rerun with
+nothing left to do included), 1 on a runtime error, 2 on a usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from pipeline.config import CONFIG_ENV, load_config
+from pipeline.errors import ConfigError, OptionalDependencyError, PageRAGError, QueryError
+from pipeline.reindex import ReindexProgress, ReindexReport
+
+__all__ = ["register"]
+
+_out = Console(soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(error: PageRAGError) -> NoReturn:
+    code = 2 if isinstance(error, (ConfigError, QueryError, OptionalDependencyError)) else 1
+    _err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``reindex`` command to ``app``."""
+    app.command("reindex")(reindex)
+
+
+def reindex(
+    pooled: Annotated[
+        bool,
+        typer.Option(
+            "--pooled",
+            help="Compute the pooled row/column vectors two_stage retrieval needs from the "
+            "stored full vectors (no re-embedding).",
+        ),
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help=f"YAML config file (default: ${CONFIG_ENV}, else built-in defaults).",
+            show_default=False,
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Pages read and written per batch.", min=1)] = 64,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON on stdout instead of a summary.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Upgrade an existing collection in place so it supports --mode two_stage.
+
+    Safe to interrupt and rerun: a rerun finishes the pages still missing, and
+    the collection is marked pooled only when every page has its pooled vectors.
+    On a finished collection it changes nothing.
+    """
+    if not pooled:
+        _err.print(
+            "[bold red]error:[/] nothing to do: pass --pooled (the only reindex so far)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    from pipeline.api import PageRAG
+    from pipeline.reindex import reindex_collection
+
+    try:
+        rag = PageRAG(load_config(config))
+        with rag, _Progress(not quiet and not json_out and _err.is_terminal) as progress:
+            report = reindex_collection(rag, batch=batch, progress=progress)
+    except PageRAGError as exc:
+        _fail(exc)
+    if json_out:
+        _out.print_json(json.dumps(report.to_dict()))
+    else:
+        _out.print(_summary(report), highlight=False)
+
+
+def _summary(report: ReindexReport) -> str:
+    if report.no_op:
+        return (
+            f"collection {report.collection!r} already has pooled vectors "
+            f"({', '.join(report.pooled)}) on all {report.pages} pages: nothing to do"
+        )
+    return (
+        f"collection {report.collection!r}: pooled vectors written for {report.pages_updated} "
+        f"of {report.pages} pages in {report.seconds:.1f} s; two_stage retrieval is available "
+        f"(vectors: {', '.join(report.pooled)})"
+    )
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]reindex"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("pages"),
+            console=_err,
+        )
+        self._bar.__enter__()
+        self._task = self._bar.add_task("reindex", total=None)
+        return self.update
+
+    def update(self, event: ReindexProgress) -> None:
+        self._bar.update(self._task, completed=event.pages_done, total=event.pages_total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
