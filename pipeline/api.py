@@ -410,7 +410,8 @@ class PageRAG:
         if chosen == "exact":
             return None, []
         limit = max(retrieval.prefetch_k, k)
-        return None, [(name, limit) for name in spec.pooled]
+        names = [name for name in retrieval.prefetch_vectors if name in spec.pooled]
+        return None, [(name, limit) for name in names or spec.pooled]
 
     def _hit(self, point_id: str, score: float, payload: Mapping[str, Any]) -> PageHit:
         store = self.store

@@ -285,13 +285,14 @@ def test_retrieval_overrides_apply_to_the_run_only(
     patch_search(monkeypatch, rag)
     questions = write_jsonl(docs / "q.jsonl", KNOWN[:2])
     before = rag.config
+    default_prefetch = before.retrieval.prefetch_k
     result = run_eval(
         rag, questions, mode="two_stage", retrieval={"prefetch_k": 77}, ks=(1,), ingest=False
     )
     assert result.retrieval.config["prefetch_k"] == 77
     assert result.retrieval.config["mode"] == "two_stage"
     assert rag.config is before
-    assert before.retrieval.prefetch_k == 200
+    assert before.retrieval.prefetch_k == default_prefetch != 77
 
 
 # ------------------------------------------------ answers through a faked endpoint

@@ -119,7 +119,7 @@ def test_auto_uses_two_stage_from_two_stage_min_pages(make_rag: Callable[..., Pa
     rag = make_rag(mode="auto", two_stage_min_pages=PAGES, prefetch_k=6)
     calls = spy_prefetch(rag)
     rag.search("large enough")
-    assert calls == [[("rows", 6), ("cols", 6)]]
+    assert calls == [[("rows", 6)]]  # retrieval.prefetch_vectors defaults to rows only
     rag.search("explicit", mode="exact")
     assert calls[-1] == []
 
@@ -165,3 +165,12 @@ def test_small_benchmark_run(corpus: Path, capsys: pytest.CaptureFixture[str]) -
     assert set(result["storage"]) == {"float16", "binary"}
     assert result["storage"]["binary"]["exact_agrees_with_float16"] >= 0.9
     assert result["bytes_per_page"] > 1030 * 128 * 2  # at least the float16 full vectors
+
+
+def test_prefetch_vectors_setting_chooses_the_first_stage(
+    make_rag: Callable[..., PageRAG],
+) -> None:
+    rag = make_rag(mode="two_stage", prefetch_k=6, prefetch_vectors=["rows", "cols"])
+    calls = spy_prefetch(rag)
+    rag.search("both pooled vectors")
+    assert calls == [[("rows", 6), ("cols", 6)]]
