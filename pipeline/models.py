@@ -85,6 +85,4 @@ def get_model_spec(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         valid = ", ".join(sorted(MODELS))
-        raise ConfigError(
-            f"unknown embedding.model {name!r}. Supported models: {valid}"
-        ) from None
+        raise ConfigError(f"unknown embedding.model {name!r}. Supported models: {valid}") from None

@@ -61,7 +61,7 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, words: str) -> None:
 def test_bad_env_override_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="PAGERAG_NOPE"):
         load_config(environ={"PAGERAG_NOPE": "1"})
-    with pytest.raises(ConfigError, match="store.urll"):
+    with pytest.raises(ConfigError, match=r"store\.urll"):
         load_config(environ={"PAGERAG_STORE__URLL": "x"})
 
 
