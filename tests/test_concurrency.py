@@ -43,6 +43,7 @@ from pipeline.errors import StoreError, StoreInUseError
 from pipeline.ingest import IngestJob, IngestReport
 from pipeline.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
+from tests.procs import live_processes
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = {
@@ -71,21 +72,6 @@ def docs(corpus: Path, tmp_path: Path) -> list[Path]:
         shutil.copy(corpus / name, folder / Path(name).name)
         paths.append(folder / Path(name).name)
     return paths
-
-
-def live_processes(needle: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if needle.encode() in cmdline and state != "Z":
-            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
 
 
 def cli_env(**settings: str) -> dict[str, str]:

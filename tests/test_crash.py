@@ -43,6 +43,8 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
+from tests.procs import live_processes
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Six small real PDFs, 4-10 pages each (40 pages).
@@ -173,22 +175,6 @@ def snapshot(data: Path, collection: str = "pagerag") -> Snapshot:
 
 
 # --------------------------------------------------------------------------- running the CLI
-
-
-def live_processes(needle: str) -> list[str]:
-    """Command lines of running (not zombie) processes that mention ``needle``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if needle.encode() in cmdline and state != "Z":
-            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
 
 
 def kill_poppler(needle: str) -> None:

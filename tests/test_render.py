@@ -48,6 +48,7 @@ from pipeline.render import (
     sniff_type,
 )
 from pipeline.types import Page
+from tests.procs import live_processes as _live_processes
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = "qa/docs/2310.07609v1.pdf"  # 10 A4 pages (595.276 x 841.89 pt)
@@ -191,22 +192,6 @@ GREY_BOX = b"0.5 g 10 10 80 80 re f"
 
 
 # --------------------------------------------------------------------------- process checks
-
-
-def _live_processes(needle: str) -> list[str]:
-    """Command lines of running (not zombie) processes that mention ``needle``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if needle.encode() in cmdline and state != "Z":
-            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
 
 
 def _wait_gone(needle: str, seconds: float) -> list[str]:
