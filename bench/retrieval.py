@@ -256,7 +256,10 @@ def run_size(pages: int, real: np.ndarray, args: argparse.Namespace) -> dict[str
         tops = info.pop("exact_top10", exact_tops)
         agree = [len(set(a) & set(b)) / K for a, b in zip(tops, exact_tops, strict=True)]
         info["exact_agrees_with_float16"] = round(float(np.mean(agree)), 4)
-    what_search_sends = "+".join(spec_pooled)
+    from pipeline.config import RetrievalConfig
+
+    # The first stage PageRAG.search runs by default (retrieval.prefetch_vectors).
+    what_search_sends = "+".join(RetrievalConfig().prefetch_vectors)
     headline = next(
         t
         for t in measured["two_stage"]
@@ -454,7 +457,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sets",
         default="all,rows",
-        help="prefetch vector sets: 'all' (every pooled vector, what search sends), 'rows', …",
+        help="prefetch vector sets: 'all' (every pooled vector), 'rows' (search's default), …",
     )
     parser.add_argument(
         "--f32-floor",
