@@ -160,7 +160,7 @@ def test_small_benchmark_run(corpus: Path, capsys: pytest.CaptureFixture[str]) -
         ("rows", 10),
         ("rows", 40),
     ]
-    assert result["prefetch_vectors"] == "rows+cols"  # the headline is what search sends
+    assert result["prefetch_vectors"] == "rows"  # the headline is what search sends by default
     assert 0.0 <= result["recall_at_10"] <= 1.0
     assert set(result["storage"]) == {"float16", "binary"}
     assert result["storage"]["binary"]["exact_agrees_with_float16"] >= 0.9
