@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import gc
 import ipaddress
 import json
 import os
@@ -43,6 +41,7 @@ from pipeline.errors import StoreError, StoreInUseError
 from pipeline.ingest import IngestJob, IngestReport
 from pipeline.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
+from tests.conftest import Server
 from tests.procs import live_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +54,6 @@ DOCS = {
     "robust/qpdf/qpdf/qtest/qpdf/boxes.pdf": 8,
 }
 LOOPING = "robust/qpdf/qpdf/qtest/qpdf/shared-unnamed-field.pdf"  # pdfinfo loops forever
-QDRANT_IMAGE = "qdrant/qdrant:v1.20.0"  # as tests/test_store_client.py
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pdftoppm") is None or shutil.which("pdfinfo") is None,
@@ -340,48 +338,6 @@ def test_an_unexpected_store_failure_ends_the_job_instead_of_hanging_it(
     assert not report.interrupted
     for o in report.outcomes:
         assert o.status == "ingested" or o.reason in ("store", "aborted"), o
-
-
-@dataclasses.dataclass(frozen=True)
-class Server:
-    url: str
-    grpc_port: int
-    api_key: str | None
-
-
-@pytest.fixture(scope="module")
-def qdrant_server() -> Iterator[Server]:
-    """``$QDRANT_URL`` (+ ``$QDRANT_API_KEY``, ``$QDRANT_GRPC_PORT``), else a testcontainer."""
-    url = os.environ.get("QDRANT_URL")
-    if url:
-        yield Server(
-            url=url,
-            grpc_port=int(os.environ.get("QDRANT_GRPC_PORT", "6334")),
-            api_key=os.environ.get("QDRANT_API_KEY") or None,
-        )
-        return
-    try:
-        from docker.errors import DockerException
-        from testcontainers.community.qdrant import QdrantContainer
-    except ImportError as exc:
-        pytest.skip(f"testcontainers is not installed ({exc}); set QDRANT_URL to run")
-    reason = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)  # a failed Docker probe's socket
-        try:
-            container = QdrantContainer(QDRANT_IMAGE, api_key="pagerag-test-key")
-        except DockerException as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            reason = f"no Docker engine reachable ({first}); set QDRANT_URL to run"
-        gc.collect()
-    if reason is not None:
-        pytest.skip(reason)
-    with container:
-        yield Server(
-            url=f"http://{container.get_container_host_ip()}:{container.exposed_rest_port}",
-            grpc_port=int(container.exposed_grpc_port),
-            api_key="pagerag-test-key",
-        )
 
 
 @pytest.mark.docker

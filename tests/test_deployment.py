@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from tests.test_store_client import QDRANT_IMAGE
+from tests.conftest import QDRANT_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

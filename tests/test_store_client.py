@@ -15,10 +15,8 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import http.server
 import ipaddress
-import os
 import socket
 import threading
 import time
@@ -50,11 +48,11 @@ from pipeline.errors import (
 )
 from pipeline.store import COLLECTION_POINT_ID, IMAGE_FIELD, PageStore
 from pipeline.types import CollectionSpec, PageFilter, PagePoint
-from tests.store_contract import SPEC, PageStoreContract, make_points, maxsim, record
 
 # Pinned: qdrant-client 1.20 supports servers within one minor version.
-QDRANT_IMAGE = "qdrant/qdrant:v1.20.0"
-TEST_API_KEY = "pagerag-test-key"
+from tests.conftest import Server
+from tests.store_contract import SPEC, PageStoreContract, make_points, maxsim, record
+
 SECRET = "sekrit-123"
 
 
@@ -77,53 +75,6 @@ class TestMemoryStore(PageStoreContract):
 
 
 # --------------------------------------------------------------------------- server
-
-
-@dataclasses.dataclass(frozen=True)
-class Server:
-    url: str
-    grpc_port: int
-    api_key: str | None
-
-
-def _docker_skip_reason(exc: Exception) -> str:
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    return f"no Docker engine reachable ({first_line}); set QDRANT_URL to run against a server"
-
-
-@pytest.fixture(scope="session")
-def qdrant_server() -> Iterator[Server]:
-    url = os.environ.get("QDRANT_URL")
-    if url:
-        yield Server(
-            url=url,
-            grpc_port=int(os.environ.get("QDRANT_GRPC_PORT", "6334")),
-            api_key=os.environ.get("QDRANT_API_KEY") or None,
-        )
-        return
-    try:
-        from docker.errors import DockerException
-        from testcontainers.community.qdrant import QdrantContainer
-    except ImportError as exc:
-        pytest.skip(f"testcontainers is not installed ({exc}); set QDRANT_URL to run")
-    reason = None
-    with warnings.catch_warnings():
-        # A failed Docker probe leaves its unix socket to the garbage collector.
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            container = QdrantContainer(QDRANT_IMAGE, api_key=TEST_API_KEY)
-        except DockerException as exc:
-            reason = _docker_skip_reason(exc)
-        # Outside the except block, so the traceback holding the socket is gone.
-        gc.collect()
-    if reason is not None:
-        pytest.skip(reason)
-    with container:
-        yield Server(
-            url=f"http://{container.get_container_host_ip()}:{container.exposed_rest_port}",
-            grpc_port=int(container.exposed_grpc_port),
-            api_key=TEST_API_KEY,
-        )
 
 
 def _allowed(address: object, hosts: set[str]) -> bool:
