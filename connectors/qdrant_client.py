@@ -90,6 +90,7 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 MEMORY_URL = ":memory:"
+_UPDATE_CHUNK = 64  # pages per update_vectors request
 # Payload fields filtered on by every search, count and delete.
 INDEXED_FIELDS = ("kind", "document_id", "source", "source_dirs")
 _DATATYPES = {"float16": qm.Datatype.FLOAT16, "float32": qm.Datatype.FLOAT32}
@@ -702,10 +703,13 @@ class ClientPageStore:
             )
             for point_id, named in vectors.items()
         ]
-        if points:
+        # Chunked: a page's pooled vectors are ~170 KB as JSON, and Qdrant refuses
+        # requests over 32 MB.
+        for start in range(0, len(points), _UPDATE_CHUNK):
+            chunk = points[start : start + _UPDATE_CHUNK]
             self._call(
                 f"updating vectors in {name!r}",
-                lambda c: c.update_vectors(name, points=points, wait=True),
+                lambda c, part=chunk: c.update_vectors(name, points=part, wait=True),  # type: ignore[misc]
                 retry=True,
             )
 

@@ -71,6 +71,10 @@ def test_ingest_status_search_ask_delete(env, docs: Path) -> None:
     assert (status["documents"], status["pages"]) == (2, 11)
     assert status["model"] == "Qdrant/colpali-v1.3-fp16"
     assert status["bytes_on_disk"] > 0
+    per_option = status["vector_bytes_per_page"]["options"]
+    assert per_option["float32"] > per_option["scalar"] > per_option["binary"]
+    assert per_option["binary"] > per_option["float16"]
+    assert status["vector_bytes_per_page"]["total"] == per_option["float16"]
 
     code, out, _ = run(env, "search", "page number", "-k", "4", "--json")
     assert code == 0
