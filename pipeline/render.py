@@ -62,12 +62,20 @@ Rendering rules:
 * a page whose pixels at ``render.dpi`` would exceed ``render.max_page_pixels``
   (or 65,000 px on a side, the JPEG limit) is rendered at the largest integer
   DPI that fits; ``Page.dpi`` is the DPI actually used;
+* a file with no known magic number (no ``%PDF-`` in its first 1 KB, and
+  not an image, archive, Office file, ...) is still handed to poppler, which,
+  like pdf.js, reads PDFs with junk before the header or none at all; if
+  poppler cannot read it, it is ``damaged`` when it is meant as a PDF (``.pdf``
+  name, or PDF syntax further in) and ``unsupported`` otherwise;
 * passwords: a file is first opened with no password, so unencrypted and
   owner-password-only files never need (or are broken by) one; then the given
   password is tried as owner *and* user password, as UTF-8 (AES-256 files)
   and, if it is not ASCII, in PDFDocEncoding (RC4/AES-128 files, whose
-  passwords are Latin-1-like bytes). Poppler only takes passwords on its
-  command line, so they are visible in the process list while it runs.
+  passwords are Latin-1-like bytes), then in its SASLprep form (PDF 2.0's
+  rule for AES-256 passwords, which poppler does not apply: see
+  ``pipeline.saslprep``). Poppler only takes passwords on its command line,
+  so they are visible in the process list while it runs, and it keeps only
+  their first 32 bytes.
 
 Image files (PNG, JPEG, TIFF; each TIFF frame is a page) are converted to RGB
 (transparency over white, 16-bit scaled to 8-bit), turned upright by their
@@ -78,11 +86,13 @@ scaled down with the image.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import re
 import selectors
+import shlex
 import shutil
 import signal
 import stat
@@ -90,7 +100,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import unicodedata
 import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +122,7 @@ from pipeline.errors import (
     UnsupportedFileError,
     WrongPasswordError,
 )
+from pipeline.saslprep import SASLprepError, saslprep
 from pipeline.types import Page
 
 __all__ = [
@@ -132,6 +142,7 @@ __all__ = [
 SUPPORTED_TYPES = "PDF, PNG, JPEG, TIFF"
 
 _SNIFF_BYTES = 1024
+_PDF_MARKER_BYTES = 1 << 20  # how far a file without a header is searched for PDF syntax
 _MAX_JPEG_SIDE = 65_000  # libjpeg refuses more than 65,500 px on a side
 _MAX_PDFINFO_PAGES = 2**31 - 1
 _BACKSTOP_GRACE_S = 2  # the coreutils timeout wrapper fires this much after our own deadline
@@ -225,12 +236,21 @@ _OTHER_TYPES: tuple[tuple[int, bytes, str], ...] = (
 )
 
 
+_TEXT = "a text file"
+_UNKNOWN_BINARY = "an unrecognised binary file"
+# No magic number of any known type: the renderer lets poppler try these as PDFs.
+_MAYBE_PDF = (_TEXT, _UNKNOWN_BINARY)
+
+
 def sniff_type(head: bytes) -> str:
     """Classify a file from its first bytes (up to 1024).
 
     Returns ``"pdf"``, ``"png"``, ``"jpeg"``, ``"tiff"``, or for anything else
     a human description ("a ZIP archive (...)") used in the error message.
     ``%PDF`` may appear anywhere in the first 1024 bytes, as Acrobat accepts.
+    A header further in, or none at all, gives "a text file" or "an
+    unrecognised binary file": ``Renderer.open`` still has poppler try those,
+    as poppler and pdf.js open such files.
     """
     if not head:
         return "an empty file (0 bytes)"
@@ -251,8 +271,8 @@ def sniff_type(head: bytes) -> str:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
-        return "an unrecognised binary file"
-    return "a text file"
+        return _UNKNOWN_BINARY
+    return _TEXT
 
 
 # --------------------------------------------------------------------------- passwords
@@ -281,18 +301,46 @@ def _pdfdoc_encode(text: str) -> bytes | None:
 
 
 def _password_candidates(password: str) -> list[bytes]:
-    """Byte strings to try, most likely first, without duplicates.
+    """Byte strings to try, most likely first, without duplicates or empty ones.
 
-    AES-256 (R5/R6) passwords are UTF-8 after SASLprep (approximated by
-    NFKC); older handlers (R2-R4) take PDFDocEncoding bytes. Poppler passes
-    the command-line bytes through unchanged, so we try both.
+    The password as given comes first, in UTF-8 and in PDFDocEncoding: older
+    handlers (R2-R4) take PDFDocEncoding bytes, and tools that do not prepare
+    passwords (qpdf) store AES-256 ones as typed. Then its SASLprep form, which
+    PDF 2.0 requires for AES-256 (R6) and which poppler 22.12 does not compute
+    (see ``pipeline.saslprep``); in PDFDocEncoding too, which also covers a
+    password typed with combining accents on an RC4 file. A password SASLprep
+    refuses (control characters, ...) cannot have been prepared by a reader, so
+    only the given form is tried. Poppler passes the command-line bytes through
+    unchanged.
     """
+    forms = [password]
+    with contextlib.suppress(SASLprepError):
+        forms.append(saslprep(password))
     candidates: list[bytes] = []
-    for form in (password, unicodedata.normalize("NFKC", password)):
+    for form in forms:
         for encoded in (form.encode("utf-8"), _pdfdoc_encode(form)):
-            if encoded is not None and encoded not in candidates:
+            if encoded and encoded not in candidates:
                 candidates.append(encoded)
     return candidates
+
+
+_POPPLER_PASSWORD_BYTES = 32  # pdfinfo/pdftoppm copy -upw/-opw into a 33-byte buffer
+
+
+def _long_password_note(password: str, path: Path) -> str:
+    """Why a right but long password fails: poppler's tools keep its first 32 bytes.
+
+    RC4 and AES-128 files only use 32 bytes anyway; AES-256 uses up to 127, so
+    poppler cannot open an AES-256 file whose password is longer than 32 bytes.
+    """
+    if len(password.encode("utf-8")) <= _POPPLER_PASSWORD_BYTES:
+        return ""
+    return (
+        f". poppler reads only the first {_POPPLER_PASSWORD_BYTES} bytes of a password and "
+        "this one is longer: if the file uses AES-256, decrypt a copy first, e.g. "
+        f"`qpdf --decrypt --password-file=PWFILE {shlex.quote(str(path))} copy.pdf` "
+        "(PWFILE holding the password), and ingest the copy"
+    )
 
 
 # --------------------------------------------------------------------------- poppler runs
@@ -454,6 +502,43 @@ def _poppler_complaint(run: _Run, limit: int = 300) -> str:
     if not text:
         text = f"poppler exited with status {run.returncode}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _repair_hint(path: Path) -> str:
+    return (
+        f"to repair it, try `qpdf --replace-input {shlex.quote(str(path))}` (it rebuilds "
+        "broken cross-reference tables) or print it to a new PDF from a PDF reader"
+    )
+
+
+def _has_pdf_syntax(path: Path) -> bool:
+    """A ``%PDF-`` header or an ``endobj`` anywhere in the file's first MiB."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_PDF_MARKER_BYTES)
+    except OSError:
+        return False
+    return b"%PDF-" in data or b"endobj" in data
+
+
+def _unreadable(path: Path, sniffed: str, complaint: str) -> InputError:
+    """The error for a file poppler cannot open as a PDF.
+
+    ``damaged`` (with how to repair it) when the file is meant as a PDF: a
+    header in the first 1 KB, the ``.pdf`` extension, or PDF syntax further in.
+    Otherwise it is another kind of file: ``unsupported``, saying what it looks like.
+    """
+    if sniffed == "pdf":
+        return DamagedFileError(path, f"poppler cannot read it: {complaint}; {_repair_hint(path)}")
+    if path.suffix.lower() == ".pdf" or _has_pdf_syntax(path):
+        return DamagedFileError(
+            path,
+            f"poppler cannot read it (no %PDF- header in its first 1 KB): {complaint}; "
+            f"{_repair_hint(path)}",
+        )
+    return UnsupportedFileError(
+        path, f"not a PDF or a supported image: it is {sniffed}. Supported: {SUPPORTED_TYPES}"
+    )
 
 
 _PAGES_RE = re.compile(r"^Pages:\s+(\d+)\s*$", re.MULTILINE)
@@ -665,6 +750,10 @@ class Renderer:
             return self._open_pdf(file, size, password)
         if kind in ("png", "jpeg", "tiff"):
             return self._open_image(file, size)
+        if kind in _MAYBE_PDF:
+            # No %PDF- in the first 1 KB and no other known type. Poppler and pdf.js
+            # do not insist on the header (junk before it, or none): let poppler judge.
+            return self._open_pdf(file, size, password, sniffed=kind)
         convertible = kind.startswith(("a ZIP", "an OLE2", "an RTF"))
         hint = "; convert it to PDF first" if convertible else ""
         raise UnsupportedFileError(
@@ -788,7 +877,9 @@ class Renderer:
         argv.append(str(path))
         return self._poppler(argv, timeout, capture_stdout=True)
 
-    def _open_pdf(self, path: Path, size: int, password: str | None) -> RenderPlan:
+    def _open_pdf(
+        self, path: Path, size: int, password: str | None, *, sniffed: str = "pdf"
+    ) -> RenderPlan:
         budget = self.config.timeout_s
         spent = 0.0
         run = self._pdfinfo(path, None, budget)
@@ -815,13 +906,16 @@ class Renderer:
                 raise WrongPasswordError(
                     path,
                     "the password given does not open it (tried as user and owner password); "
-                    "check --password / render.passwords for this file",
+                    "check --password / render.passwords for this file"
+                    + _long_password_note(password, path),
                 )
         total, sizes, rotations = _parse_pdfinfo(run.stdout.decode("utf-8", "replace"))
         if total is None:
-            raise DamagedFileError(path, f"poppler cannot read it: {_poppler_complaint(run)}")
+            raise _unreadable(path, sniffed, _poppler_complaint(run))
         if total == 0:
-            raise DamagedFileError(path, "the PDF has no pages (damaged page tree?)")
+            raise DamagedFileError(
+                path, f"the PDF has no pages (damaged page tree?); {_repair_hint(path)}"
+            )
         count = self._allowed_pages(path, total)
         dpi, cap = self.config.dpi, self.config.max_page_pixels
         pages = []

@@ -4,8 +4,9 @@
 #
 #   scripts/setup.sh          runtime: poppler-utils + pagerag[cpu,langchain]
 #   scripts/setup.sh --dev    also test tools (pytest, langchain-tests, testcontainers,
-#                             onnx for the stand-in model) and docker-compose (v1,
-#                             used only to validate docker-compose.yml without an engine)
+#                             onnx for the stand-in model), qpdf (tests build AES-256
+#                             encrypted PDFs with it) and docker-compose (v1, used only
+#                             to validate docker-compose.yml without an engine)
 #
 # GPU machines: PAGERAG_EXTRA=gpu scripts/setup.sh installs fastembed-gpu instead
 # of fastembed (the two must never be installed together).
@@ -22,6 +23,7 @@ need_apt=()
 command -v pdftoppm >/dev/null 2>&1 || need_apt+=(poppler-utils)
 if [ "$dev" = 1 ]; then
   command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+  command -v qpdf >/dev/null 2>&1 || need_apt+=(qpdf)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   sudo=""

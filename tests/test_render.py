@@ -47,6 +47,7 @@ from pipeline.render import (
     jpeg_to_image,
     sniff_type,
 )
+from pipeline.saslprep import SASLprepError, saslprep
 from pipeline.types import Page
 from tests.procs import live_processes as _live_processes
 
@@ -421,12 +422,70 @@ def test_malformed_corpus_files_are_damaged(corpus: Path, manifest: list[dict[st
             renderer.open(corpus / "robust" / row["path"])
 
 
+THREE_BOXES = [(100, 100, 0, GREY_BOX)] * 3
+
+
+def test_a_header_past_the_first_kilobyte_or_missing_is_read_like_poppler_does(
+    tmp_path: Path,
+) -> None:
+    """poppler and pdf.js read a PDF whose %PDF- header is late or absent: so do we."""
+    pdf = write_pdf(tmp_path / "plain.pdf", THREE_BOXES).read_bytes()
+    header, body = pdf.split(b"\n", 1)
+    assert header.startswith(b"%PDF-")
+    files = {
+        "whitespace.pdf": b" \r\n\t" * 400 + pdf,  # 1.6 KB of whitespace first
+        "junk.pdf": bytes(range(1, 256)) * 5 + pdf,  # 1.3 KB of binary junk first
+        "mail.pdf": b"Content-Type: application/pdf\n\n" + b"x" * 1100 + b"\n" + pdf,
+        "no-header.pdf": body,
+        "no-header.dat": body,  # the extension does not matter either
+    }
+    renderer = _renderer(dpi=36)
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert sniff_type(data[:1024]) != "pdf", name
+        plan = renderer.open(path)
+        assert (plan.kind, plan.page_count) == ("pdf", 3), name
+        pages = _pages(renderer, path)
+        assert [p.page_number for p in pages] == [1, 2, 3], name
+        assert (pages[0].width, pages[0].height) == (50, 50), name
+
+
+def test_a_pdf_poppler_cannot_read_is_damaged_with_repair_advice(
+    tmp_path: Path, corpus: Path
+) -> None:
+    renderer = _renderer(dpi=36)
+    cases = {
+        "random.pdf": bytes((i * 37 + 11) % 251 + 1 for i in range(6000)),  # binary, no header
+        "notes.pdf": b"just some text\n",  # the extension says PDF
+        "late-header.dat": b"\x01" * 2000 + b"%PDF-1.7\n garbage, no objects",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [tmp_path / name for name in cases]
+    # qpdf's fuzzed inspect.pdf: no header and nothing poppler can read.
+    paths.append(corpus / "robust/qpdf/qpdf/qtest/qpdf/inspect.pdf")
+    paths.append(corpus / NOT_A_PDF)  # a header, then prose
+    for path in paths:
+        with pytest.raises(DamagedFileError) as info:
+            renderer.open(path)
+        message = str(info.value)
+        assert info.value.reason == "damaged"
+        assert "unrecognised" not in message and "not a PDF" not in message, message
+        assert "qpdf --replace-input" in message and str(path) in message, message
+        assert "poppler cannot read it" in message, message
+
+
 def test_other_file_types_are_unsupported_with_a_helpful_message(tmp_path: Path) -> None:
     renderer = _renderer()
-    text = tmp_path / "notes.pdf"  # the extension lies
+    text = tmp_path / "notes.dat"  # named explicitly: the type is sniffed, poppler tried
     text.write_text("just some text\n", encoding="utf-8")
     with pytest.raises(UnsupportedFileError, match=r"a text file\. Supported: PDF, PNG, JPEG"):
         renderer.open(text)
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(1, 256)) * 8)
+    with pytest.raises(UnsupportedFileError, match=r"an unrecognised binary file\. Supported"):
+        renderer.open(binary)
     docx = tmp_path / "report.docx"
     with zipfile.ZipFile(docx, "w") as archive:
         archive.writestr("word/document.xml", "<w:document/>")
@@ -519,6 +578,106 @@ def test_non_ascii_passwords(tmp_path: Path) -> None:
         assert (page.width, page.height) == (50, 50)
     decomposed = "Gru\u0308ße€"  # the same password typed with a combining umlaut
     assert len(_pages(renderer, utf8, password=decomposed)) == 1
+
+
+@pytest.mark.parametrize(
+    ("typed", "prepared"),
+    [
+        # RFC 4013 section 3's examples
+        ("I\u00adX", "IX"),  # soft hyphen mapped to nothing
+        ("user", "user"),
+        ("USER", "USER"),  # case is kept
+        ("\u00aa", "a"),  # NFKC
+        ("\u2168", "IX"),  # ROMAN NUMERAL NINE, NFKC
+        # non-ASCII spaces become U+0020; zero-width and variation selectors vanish
+        ("a\u00a0b\u3000c", "a b c"),
+        ("pa\u200dss\ufe0fword\u2060", "password"),
+        ("Gru\u0308\u00dfe", "Gr\u00fc\u00dfe"),  # composed
+        ("\u05d0\u05d1", "\u05d0\u05d1"),  # right-to-left only: allowed
+    ],
+)
+def test_saslprep(typed: str, prepared: str) -> None:
+    assert saslprep(typed) == prepared
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "\u0007",  # RFC 4013 section 3: control character
+        "a\tb",  # ASCII control
+        "\ue000",  # private use
+        "\u0627\u0031",  # RFC 4013 section 3: RandALCat not at both ends
+        "\u05d0a\u05d1",  # right-to-left and left-to-right mixed
+        "\ud800",  # surrogate
+    ],
+)
+def test_saslprep_refuses_prohibited_strings(bad: str) -> None:
+    with pytest.raises(SASLprepError):
+        saslprep(bad)
+
+
+needs_qpdf = pytest.mark.skipif(
+    shutil.which("qpdf") is None,
+    reason="qpdf is not installed (scripts/setup.sh --dev installs it: apt-get install qpdf)",
+)
+
+
+def _qpdf_encrypt_r6(plain: Path, out: Path, user: str, owner: str) -> Path:
+    """AES-256 (R6) with passwords stored exactly as given: qpdf 11 does no SASLprep."""
+    subprocess.run(
+        ["qpdf", "--encrypt", user, owner, "256", "--", str(plain), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def _poppler_opens(path: Path, password: str) -> bool:
+    run = subprocess.run(
+        ["pdfinfo", "-upw", password, "-opw", password, str(path)], capture_output=True
+    )
+    return run.returncode == 0
+
+
+@needs_qpdf
+def test_aes256_passwords_are_prepared_with_saslprep(tmp_path: Path) -> None:
+    """PDF 2.0 (ISO 32000-2 7.6.4.3.3): R6 passwords are SASLprep'd, then UTF-8.
+
+    A reader that follows the spec (Acrobat) stores the *prepared* password, so the
+    user types the password as they chose it and it must still open. poppler 22.12
+    hashes the bytes it is given, without SASLprep: checked here first.
+    """
+    plain = write_pdf(tmp_path / "plain.pdf", [(100, 100, 0, GREY_BOX)])
+    typed_user = "pa\u00adss\u00aaw\u00f6rd\u2003!"  # soft hyphen, ª, ö, EM SPACE
+    typed_owner = "O\u00adwn\u00aa"
+    user, owner = "passaw\u00f6rd !", "Owna"  # what SASLprep makes of them
+    prepared = _qpdf_encrypt_r6(plain, tmp_path / "r6-prepared.pdf", user, owner)
+    assert _poppler_opens(prepared, user)
+    assert not _poppler_opens(prepared, typed_user)  # poppler does no SASLprep itself
+    renderer = _renderer(dpi=36)
+    for typed in (typed_user, typed_owner, user):
+        plan = renderer.open(prepared, password=typed)
+        assert plan.password is not None
+        (page,) = _pages(renderer, prepared, password=typed)
+        assert (page.width, page.height) == (50, 50)
+    with pytest.raises(WrongPasswordError):
+        renderer.open(prepared, password="pa\u00adss")
+
+    # A tool without SASLprep (qpdf) stores the typed bytes: the password as given opens it.
+    raw = _qpdf_encrypt_r6(plain, tmp_path / "r6-raw.pdf", typed_user, "owner")
+    assert len(_pages(renderer, raw, password=typed_user)) == 1
+
+
+@needs_qpdf
+def test_a_password_longer_than_poppler_reads_is_explained(tmp_path: Path) -> None:
+    """poppler's tools keep the first 32 bytes of -upw/-opw; AES-256 uses up to 127."""
+    plain = write_pdf(tmp_path / "plain.pdf", [(100, 100, 0, GREY_BOX)])
+    long_password = "correct horse battery staple, 2024!"  # 35 bytes
+    pdf = _qpdf_encrypt_r6(plain, tmp_path / "long.pdf", long_password, "o")
+    with pytest.raises(WrongPasswordError, match="32 bytes") as info:
+        _renderer().open(pdf, password=long_password)
+    assert long_password not in str(info.value)
+    assert "qpdf --decrypt" in str(info.value)
 
 
 def test_unencrypted_file_ignores_a_password_without_extra_work(

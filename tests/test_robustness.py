@@ -43,6 +43,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from tests.test_render import GREY_BOX, write_pdf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -425,15 +426,18 @@ def test_outcomes_agree_with_the_manifest(sweep: Sweep) -> None:
 
 def test_every_failure_reason_is_typed_and_says_what_to_do(sweep: Sweep) -> None:
     reasons = Counter(o["reason"] for o in sweep.report["outcomes"] if o["status"] == "failed")
-    # The sample is chosen to meet each of these at least once.
+    # The sample is chosen to meet each of these at least once. No corpus file is
+    # `unsupported`: they are all meant as PDFs (qpdf's fuzzed inspect.pdf, with no
+    # header, is `damaged`); tests/test_render.py covers other file types.
     assert {
         "damaged",
         "needs_password",
         "wrong_password",
         "timeout",
         "too_large",
-        "unsupported",
     } <= set(reasons), reasons
+    inspect = next(o for o in sweep.report["outcomes"] if o["path"].endswith("/inspect.pdf"))
+    assert (inspect["status"], inspect["reason"]) == ("failed", "damaged"), inspect
     for o in sweep.report["outcomes"]:
         if o["status"] == "failed":
             assert o["message"] and o["path"] in o["message"], o
@@ -447,6 +451,8 @@ def test_every_failure_reason_is_typed_and_says_what_to_do(sweep: Sweep) -> None
         hint = hints.get(o["reason"] or "")
         if o["status"] == "failed" and hint:
             assert hint in o["message"], o
+        if o["reason"] == "damaged" and "poppler cannot read it" in o["message"]:
+            assert "qpdf --replace-input" in o["message"], o
 
 
 def test_no_file_takes_longer_than_the_timeout_plus_a_margin(sweep: Sweep) -> None:
@@ -609,6 +615,64 @@ def test_non_ascii_password_on_the_command_line_opens_rc4_and_aes256_files(
     assert statuses["orientation.pdf"] == "ingested"
     assert statuses["three_pages_with_number.pdf"] == "ingested"
     assert "hôtel" not in proc.stdout + proc.stderr
+
+
+def test_pdfs_with_a_late_or_missing_header_ingest_and_unreadable_ones_are_damaged(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """What poppler and pdf.js open is ingested; what poppler cannot read says how to repair."""
+    pdf = write_pdf(tmp_path / "plain.pdf", [(100, 100, 0, GREY_BOX)] * 3).read_bytes()
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "late-header.pdf").write_bytes(b" " * 1500 + b"\n" + pdf)
+    (folder / "no-header.pdf").write_bytes(pdf.split(b"\n", 1)[1])
+    (folder / "unreadable.pdf").write_bytes(bytes((i * 37 + 11) % 251 + 1 for i in range(6000)))
+    code, report = ingest(cli_env, str(folder))
+    assert code == 1
+    by_name = {Path(o["path"]).name: o for o in report["outcomes"]}
+    for name in ("late-header.pdf", "no-header.pdf"):
+        assert (by_name[name]["status"], by_name[name]["pages"]) == ("ingested", 3), by_name[name]
+    bad = by_name["unreadable.pdf"]
+    assert (bad["status"], bad["reason"]) == ("failed", "damaged"), bad
+    assert "qpdf --replace-input" in bad["message"]
+    assert "unrecognised binary" not in bad["message"]
+
+
+@pytest.mark.skipif(
+    shutil.which("qpdf") is None,
+    reason="qpdf is not installed (scripts/setup.sh --dev installs it: apt-get install qpdf)",
+)
+def test_an_aes256_password_is_saslprepped_as_pdf_2_requires(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Through a real process: the password a spec-following reader accepts opens the file.
+
+    The file stores the SASLprep'd password ("passaword", as Acrobat would write it);
+    the user types it with a soft hyphen (U+00AD) and a feminine ordinal (U+00AA).
+    """
+    plain = write_pdf(tmp_path / "plain.pdf", [(100, 100, 0, GREY_BOX)])
+    pdf = tmp_path / "r6.pdf"
+    subprocess.run(
+        ["qpdf", "--encrypt", "passaword", "owner", "256", "--", str(plain), str(pdf)],
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, **cli_env, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
+    env.setdefault("LANG", "C.UTF-8")
+    typed = "pass\u00aaw\u00adord"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "ingest", str(pdf), "--json", "--password", typed],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, (report, proc.stderr[-2000:])
+    (o,) = report["outcomes"]
+    assert (o["status"], o["pages"]) == ("ingested", 1)
+    assert typed not in proc.stdout + proc.stderr
 
 
 def test_a_looping_file_costs_at_most_the_timeout_in_a_job(
