@@ -23,7 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# poppler-utils: pdftoppm/pdfinfo render the PDF pages (pdf2image drives them).
+# poppler-utils: pdfinfo/pdftoppm render the PDF pages. pipeline/render.py runs them
+# directly (no pdf2image), under prlimit from util-linux, which the base image has.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends poppler-utils \
  && rm -rf /var/lib/apt/lists/*

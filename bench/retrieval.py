@@ -15,9 +15,9 @@ the embedded engine (``connectors.qdrant_edge.EdgePageStore``) measures:
 * **two-stage** latency and **recall@10 against exact** for each
   ``prefetch_k`` (default 50, 100, 200, 400) and prefetch vector set:
   ``rows+cols`` prefetches ``prefetch_k`` pages on the row-pooled and on the
-  column-pooled vectors and reranks their union by full MaxSim (what
-  ``PageRAG.search(mode="two_stage")`` sends today); ``rows`` uses the row
-  means alone (Qdrant's published ColPali recipe);
+  column-pooled vectors and reranks their union by full MaxSim (the first
+  default); ``rows`` uses the row means alone (Qdrant's published ColPali
+  recipe, and the default ``retrieval.prefetch_vectors``);
 * the **true page's hit rate @10** for both (every query is made from one
   known page);
 * per **storage option** (float16, float32, scalar int8, binary; each built
@@ -294,6 +294,9 @@ def run_size(pages: int, real: np.ndarray, args: argparse.Namespace) -> dict[str
         "cheapest_meeting_speedup_and_recall": _best(measured["two_stage"]),
     }
     result["workload"] = {
+        # Pages synthesised from real ones, embedded by the stand-in model; queries made
+        # from one page's patches (bench/_workload.py). Recall describes this workload only.
+        "kind": "synthetic, stand-in model",
         "real_pages": int(real.shape[0]),
         "queries": len(queries),
         "query_tokens": workload.query_tokens,
@@ -400,7 +403,10 @@ def _measure(
 
 def print_table(result: dict[str, Any]) -> None:
     n = result["pages"]
-    print(f"\n== {n} pages ({result['workload']['queries']} queries, k={K}) ==")
+    print(
+        f"\n== {n} pages ({result['workload']['queries']} queries, k={K}; synthetic workload, "
+        "stand-in model: recall figures describe this workload only) =="
+    )
     print(
         f"exact      median {result['exact_ms']:9.1f} ms   p95 {result['exact_p95_ms']:9.1f} ms"
         f"   true page @10 {result['true_hit_at_10_exact']:.2f}"

@@ -64,7 +64,8 @@ def eval_command(
         Path,
         typer.Argument(
             help="QA set, one JSON object per line: question, doc, evidence_pages (1-based), "
-            "optional answer, answerable, category, evidence_sources.",
+            "optional id, answer, answerable, category, evidence_sources, answer_format "
+            "(see docs/evaluation.md).",
             show_default=False,
         ),
     ],
@@ -83,7 +84,8 @@ def eval_command(
             "-k",
             "--k",
             metavar="K[,K…]",
-            help="Cut-offs for recall@k and nDCG@k: repeat or comma-separate (default 1,3,5,10).",
+            help="Cut-offs for recall@k, hit@k and nDCG@k: repeat or comma-separate "
+            "(default 1,3,5,10).",
             show_default=False,
         ),
     ] = None,
@@ -140,10 +142,11 @@ def eval_command(
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Measure page retrieval on a QA set: recall@k, nDCG@k, MRR, overall and per category.
+    """Measure page retrieval on a QA set: recall@k, hit@k, nDCG@k, MRR, overall and per category.
 
     Ingests the questions' documents (or uses the existing collection with --no-ingest), runs
-    every question, and prints the metrics with the configuration evaluated. --answers scores
+    every question, and prints the metrics with the configuration evaluated. A gold page past
+    the end of its document is an error naming the line. --answers scores
     the VLM's answers too (exact / normalised match; declining unanswerable questions) with
     its token usage. --compare runs the questions under two configurations and reports the
     metric deltas and how much their top-k pages agree.
@@ -193,6 +196,7 @@ def eval_command(
                 )
     except PageRAGError as exc:
         base._fail(exc)
+    _print_warnings(base.err, result)
     if json_out:
         base.out.print_json(json.dumps(result.to_dict(per_question=per_question)))
     elif hasattr(result, "comparison"):
@@ -280,6 +284,17 @@ class _Bar:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+def _print_warnings(err: Any, result: EvalResult | ComparisonResult) -> None:
+    """Doubts about the QA set (gold pages never stored, 0-based pages) on stderr, once each."""
+    if hasattr(result, "comparison"):
+        compared = cast("ComparisonResult", result)
+        runs = [compared.a, compared.b]
+    else:
+        runs = [cast("EvalResult", result)]
+    for warning in dict.fromkeys(w for run in runs for w in run.warnings):
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
 def _summary(result: EvalResult) -> str:

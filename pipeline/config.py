@@ -138,8 +138,10 @@ class RetrievalConfig(_Section):
     k: int = Field(default=5, ge=1, le=1000)
     mode: Literal["exact", "two_stage", "auto"] = "auto"
     # Two-stage: candidates per pooled vector, and which pooled vectors the first stage
-    # scans. Measured at 10k pages (docs/retrieval.md): rows only at 400 is 12.9x faster
-    # than exact with recall@10 0.978; adding cols doubles the first stage for ~no recall.
+    # scans. Measured by bench/retrieval.py on its synthetic 10k-page workload (stand-in
+    # model, queries made from one page's patches; docs/retrieval.md): rows only at 400 was
+    # 12.9x faster than exact, with recall@10 0.978 against exact; adding cols doubled the
+    # first stage for ~no recall there. Not yet measured with the real model.
     prefetch_k: int = Field(default=400, ge=1, le=10_000)
     prefetch_vectors: list[Literal["rows", "cols"]] = Field(default=["rows"], min_length=1)
     # In auto mode, collections with at least this many pages use two_stage.

@@ -8,6 +8,7 @@ message: adapters build messages from config *names*, never values.
 
     PageRAGError
     ├── ConfigError                  bad YAML, unknown key, bad env override
+    │   └── EvidencePageError        a QA set's gold page is 0 or past its document's end
     ├── OptionalDependencyError      (also ImportError) an extra is not installed
     ├── PopplerNotInstalledError     pdfinfo/pdftoppm missing: stops the job (every PDF would fail)
     ├── RenderCancelledError         the job is stopping: poppler was killed mid-run
@@ -42,6 +43,7 @@ __all__ = [
     "CollectionNotFoundError",
     "ConfigError",
     "DamagedFileError",
+    "EvidencePageError",
     "FileTooLargeError",
     "InputError",
     "ModelError",
@@ -72,6 +74,34 @@ class PageRAGError(Exception):
 
 class ConfigError(PageRAGError):
     """The configuration cannot be loaded or validated; the message names the key."""
+
+
+class EvidencePageError(ConfigError):
+    """A QA set (``pagerag eval``) names an evidence page that cannot be right.
+
+    Page 0 (pages are numbered from 1), or a page past the end of the
+    document (``page_count`` is then how many pages it has). Raised before
+    any question is searched: such a page would only ever score a miss. The
+    message names the questions file and line; the fields say the same for
+    code. ``questions_file`` is ``None`` for questions handed in as objects.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        questions_file: str | None,
+        line: int,
+        doc: str,
+        page: int,
+        page_count: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.questions_file = questions_file
+        self.line = line
+        self.doc = doc
+        self.page = page
+        self.page_count = page_count
 
 
 class OptionalDependencyError(PageRAGError, ImportError):

@@ -14,6 +14,10 @@ Conventions, chosen once so numbers from different runs can be compared:
 * Relevance is binary. A page that appears again lower in a ranking keeps
   its slot but earns nothing the second time, so a retriever that returns
   duplicates is charged for the wasted slots instead of having them hidden.
+* ``recall@k`` is the share of a question's relevant pages found in the
+  first k; ``hit@k`` is 1 when any of them is (what most papers call
+  recall@k or top-k accuracy). They differ only for questions with several
+  evidence pages.
 * nDCG@k uses the log2(rank + 1) discount and an ideal DCG over
   ``min(k, |relevant|)`` relevant pages, so a single relevant page at rank 1
   scores 1.0 at every k.
@@ -44,7 +48,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, EvidencePageError
 from pipeline.types import Usage
 
 __all__ = [
@@ -66,12 +70,14 @@ __all__ = [
     "default_doc_key",
     "evaluate_answers",
     "evaluate_retrieval",
+    "hit_at_k",
     "is_declined",
     "jaccard",
     "load_questions",
     "metric_names",
     "ndcg_at_k",
     "normalize_answer",
+    "page_shift_warning",
     "recall_at_k",
     "reciprocal_rank",
     "render_text",
@@ -201,10 +207,20 @@ def _parse_line(path: Path, lineno: int, raw: str) -> QAItem:
         raise ConfigError(f"{where}: missing required key 'evidence_pages' (a list, may be [])")
     pages = obj["evidence_pages"]
     if not isinstance(pages, list) or not all(
-        isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in pages
+        isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pages
     ):
         raise ConfigError(
             f"{where}: 'evidence_pages' must be a list of 1-based page numbers, got {pages!r}"
+        )
+    if 0 in pages:
+        raise EvidencePageError(
+            f"{where}: 'evidence_pages' has page 0, but pages are 1-based (the first page "
+            "of a document is page 1). If this file numbers pages from 0, add 1 to every "
+            "evidence page",
+            questions_file=str(path),
+            line=lineno,
+            doc=str(obj.get("doc")),
+            page=0,
         )
 
     answerable = obj.get("answerable", True)
@@ -271,6 +287,14 @@ def recall_at_k(ranked: Sequence[T], relevant: Collection[T], k: int) -> float:
     return sum(_first_hits(ranked[:k], relevant)) / len(set(relevant))
 
 
+def hit_at_k(ranked: Sequence[T], relevant: Collection[T], k: int) -> float:
+    """1.0 when any relevant item is in the first ``k`` ranks, else 0.0."""
+    _check_k(k)
+    if not relevant:
+        raise ValueError("hit@k is undefined without relevant items")
+    return 1.0 if any(item in relevant for item in ranked[:k]) else 0.0
+
+
 def ndcg_at_k(ranked: Sequence[T], relevant: Collection[T], k: int) -> float:
     """Binary-relevance nDCG: DCG of the first ``k`` ranks over the ideal DCG."""
     _check_k(k)
@@ -299,10 +323,12 @@ def reciprocal_rank(ranked: Sequence[T], relevant: Collection[T], k: int | None 
 def retrieval_metrics(
     ranked: Sequence[T], relevant: Collection[T], ks: Sequence[int] = DEFAULT_KS
 ) -> dict[str, float]:
-    """``recall@k`` and ``ndcg@k`` for each k, and ``mrr``, for one question."""
+    """``recall@k``, ``hit@k`` and ``ndcg@k`` for each k, and ``mrr``, for one question."""
     metrics: dict[str, float] = {}
     for k in ks:
         metrics[f"recall@{k}"] = recall_at_k(ranked, relevant, k)
+    for k in ks:
+        metrics[f"hit@{k}"] = hit_at_k(ranked, relevant, k)
     for k in ks:
         metrics[f"ndcg@{k}"] = ndcg_at_k(ranked, relevant, k)
     metrics["mrr"] = reciprocal_rank(ranked, relevant)
@@ -311,7 +337,9 @@ def retrieval_metrics(
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     """The metric keys :func:`retrieval_metrics` produces, in display order."""
-    return [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
+    return (
+        [f"recall@{k}" for k in ks] + [f"hit@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
+    )
 
 
 def jaccard(a: Iterable[T], b: Iterable[T]) -> float:
@@ -373,6 +401,8 @@ class RetrievalReport:
 
     ``config`` is whatever describes the run (model, retrieval mode, pooling,
     storage dtype …); it is reported verbatim so results stay attributable.
+    ``warnings`` are doubts about the QA set the rankings raise (see
+    :func:`page_shift_warning`).
     """
 
     config: Mapping[str, Any]
@@ -382,6 +412,7 @@ class RetrievalReport:
     by_source: Mapping[str, MetricSummary]
     excluded: Mapping[str, int]
     questions: tuple[QuestionRetrieval, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def metric_names(self) -> list[str]:
@@ -397,6 +428,7 @@ class RetrievalReport:
             "overall": self.overall.to_dict(),
             "by_category": {k: v.to_dict() for k, v in self.by_category.items()},
             "by_evidence_source": {k: v.to_dict() for k, v in self.by_source.items()},
+            "warnings": list(self.warnings),
         }
         if per_question:
             out["per_question"] = [q.to_dict() for q in self.questions]
@@ -474,6 +506,7 @@ def evaluate_retrieval(
                 excluded=reason,
             )
         )
+    shift = page_shift_warning(results)
     return RetrievalReport(
         config=dict(config or {}),
         ks=ks,
@@ -482,6 +515,49 @@ def evaluate_retrieval(
         by_source={k: _summarise(v, names) for k, v in sorted(by_source.items())},
         excluded=excluded,
         questions=tuple(results),
+        warnings=(shift,) if shift else (),
+    )
+
+
+# Thresholds of page_shift_warning: few enough to explain in one sentence.
+_SHIFT_MIN_QUESTIONS = 3
+_SHIFT_MIN_SHARE = 0.2
+
+
+def page_shift_warning(questions: Sequence[QuestionRetrieval]) -> str | None:
+    """A warning when the gold pages look numbered from 0, else ``None``.
+
+    Among the scored questions, count those whose first-ranked page is a
+    gold page (*hits*) and those whose first-ranked page is not a gold page
+    but the page right after one (*shifted*: gold page p, page p + 1 ranked
+    first). A QA set written down 0-based turns a retriever's hits into
+    shifted pages, so warn when shifted questions are at least 3, at least a
+    fifth of the scored questions, and more than twice the hits. A correct
+    set with a fair retriever has far more hits than neighbours, and a
+    retriever that ranks at random has few of either.
+    """
+    scored = [q for q in questions if q.metrics is not None]
+    hits = shifted = 0
+    for q in scored:
+        if not q.retrieved:
+            continue
+        doc, page = q.retrieved[0]
+        relevant = set(q.relevant)
+        if (doc, page) in relevant:
+            hits += 1
+        elif (doc, page - 1) in relevant:
+            shifted += 1
+    if (
+        shifted < _SHIFT_MIN_QUESTIONS
+        or shifted < _SHIFT_MIN_SHARE * len(scored)
+        or shifted <= 2 * hits
+    ):
+        return None
+    return (
+        f"{shifted} of {len(scored)} scored questions ranked first the page right after a "
+        f"gold page, against {hits} that ranked a gold page first: the questions file "
+        "probably numbers pages from 0. pagerag numbers pages from 1; if the file numbers "
+        "pages from 0, add 1 to every evidence page"
     )
 
 
@@ -966,7 +1042,12 @@ def evaluate_answers(
 
 
 def _short(name: str) -> str:
-    return name.replace("recall@", "R@").replace("ndcg@", "nDCG@").replace("mrr", "MRR")
+    return (
+        name.replace("recall@", "R@")
+        .replace("hit@", "Hit@")
+        .replace("ndcg@", "nDCG@")
+        .replace("mrr", "MRR")
+    )
 
 
 def _config_caption(config: Mapping[str, Any]) -> str | None:
@@ -1067,8 +1148,12 @@ def answer_table(report: AnswerReport, *, title: str = "Answers") -> Table:
     return table
 
 
-def render_text(table: Table, *, width: int = 120) -> str:
-    """A table as plain text (no colour codes), for logs, files and tests."""
+def render_text(table: Table, *, width: int = 160) -> str:
+    """A table as plain text (no colour codes), for logs, files and tests.
+
+    160 columns fit the retrieval table at the default ks (recall, hit and
+    nDCG at four cut-offs, and MRR) without squashing a cell.
+    """
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     console.print(table)

@@ -106,6 +106,7 @@ def test_eval_json_parses_and_counts_the_questions(app: typer.Typer, setup: dict
     assert retrieval["evaluated"] == 5
     assert set(retrieval["by_category"]) == {"Academic paper"}
     assert 0.0 <= retrieval["overall"]["recall@5"] <= 1.0
+    assert retrieval["overall"]["recall@5"] <= retrieval["overall"]["hit@5"] <= 1.0
     assert len(retrieval["per_question"]) == 6
     assert data["ingest"]["files"]["skipped"] == 1  # ingested by the fixture, unchanged
     assert data["answers"] is None
@@ -119,7 +120,8 @@ def test_eval_tables_for_people(app: typer.Typer, setup: dict[str, Path]):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     text = result.stdout
-    for expected in ("Page retrieval", "overall", "category: Academic paper", "R@10", "MRR",
+    for expected in ("Page retrieval", "overall", "category: Academic paper", "R@10", "Hit@10",
+                     "MRR",
                      "mode=exact", "per question", "mmlb-0284", "(unanswerable)",
                      "6 questions searched"):  # fmt: skip
         assert expected in text, expected
@@ -149,6 +151,43 @@ def test_eval_compare_reports_deltas_and_agreement(app: typer.Typer, setup: dict
     assert table.exit_code == 0, table.output
     assert "top-1 agree" in table.stdout
     assert "B−A" in table.stdout
+
+
+def test_eval_refuses_a_gold_page_beyond_the_document(app: typer.Typer, setup: dict[str, Path]):
+    rows = setup["questions"].read_text(encoding="utf-8").splitlines()
+    bad = json.loads(rows[1]) | {"evidence_pages": [11]}  # the document has 10 pages
+    questions = setup["root"] / "past-end.jsonl"
+    questions.write_text("\n".join([rows[0], json.dumps(bad), *rows[2:]]) + "\n")
+    result = run(app, "eval", questions, "--docs", setup["docs"], "--no-ingest",
+                 "--config", setup["config"])  # fmt: skip
+    assert_clean_error(result, 2, f"{questions}:2:", "page 11", "has 10 pages")
+    compared = run(app, "eval", questions, "--docs", setup["docs"], "--no-ingest",
+                   "--compare", "exact:two_stage", "--config", setup["config"])  # fmt: skip
+    assert_clean_error(compared, 2, f"{questions}:2:", "page 11", "has 10 pages")
+
+
+def test_eval_warns_when_the_gold_pages_look_0_based(app: typer.Typer, setup: dict[str, Path]):
+    base = ["--docs", setup["docs"], "--no-ingest", "--mode", "exact", "--config", setup["config"]]
+    first = run(app, "eval", setup["questions"], *base, "--per-question", "--json")
+    assert first.exit_code == 0, first.output
+    per_question = json.loads(first.stdout)["retrieval"]["per_question"]
+    top = {q["id"]: q["retrieved"][0][1] for q in per_question}
+    # The same questions, each with "the page ranked first" written down 0-based.
+    shifted = []
+    for line in setup["questions"].read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["answerable"] and top[row["id"]] > 1:
+            shifted.append(json.dumps(row | {"evidence_pages": [top[row["id"]] - 1]}))
+    assert len(shifted) >= 3
+    questions = setup["root"] / "zero-based.jsonl"
+    questions.write_text("\n".join(shifted) + "\n")
+
+    text = run(app, "eval", questions, *base)
+    assert text.exit_code == 0, text.output
+    assert "warning:" in text.stderr
+    assert "numbers pages from 0" in text.stderr
+    data = json.loads(run(app, "eval", questions, *base, "--json").stdout)
+    assert any("numbers pages from 0" in w for w in data["warnings"])
 
 
 def test_eval_usage_errors_exit_2(app: typer.Typer, setup: dict[str, Path]):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, EvidencePageError
 from pipeline.evaluate import (
     QAItem,
     answer_table,
@@ -18,11 +18,13 @@ from pipeline.evaluate import (
     default_doc_key,
     evaluate_answers,
     evaluate_retrieval,
+    hit_at_k,
     is_declined,
     jaccard,
     load_questions,
     ndcg_at_k,
     normalize_answer,
+    page_shift_warning,
     recall_at_k,
     reciprocal_rank,
     render_text,
@@ -96,9 +98,26 @@ def test_short_ranking_and_bad_arguments():
         ndcg_at_k([1], set(), 3)
 
 
+def test_hit_at_k_is_any_relevant_page_found():
+    # relevant {3, 7}; ranked [5, 3, 8]: one of two found by rank 2
+    ranked, relevant = [5, 3, 8], {3, 7}
+    assert hit_at_k(ranked, relevant, 1) == 0.0
+    assert hit_at_k(ranked, relevant, 2) == 1.0  # recall@2 is only 0.5
+    assert recall_at_k(ranked, relevant, 2) == 0.5
+    assert hit_at_k([], relevant, 5) == 0.0
+    # With one relevant page, hit@k and recall@k are the same number.
+    assert hit_at_k([4, 9], {9}, 2) == recall_at_k([4, 9], {9}, 2) == 1.0
+    with pytest.raises(ValueError, match="k must be"):
+        hit_at_k([1], {1}, 0)
+    with pytest.raises(ValueError, match="undefined"):
+        hit_at_k([1], set(), 3)
+
+
 def test_retrieval_metrics_keys():
     metrics = retrieval_metrics([5, 3], {3}, ks=(1, 3))
-    assert list(metrics) == ["recall@1", "recall@3", "ndcg@1", "ndcg@3", "mrr"]
+    assert list(metrics) == [
+        "recall@1", "recall@3", "hit@1", "hit@3", "ndcg@1", "ndcg@3", "mrr",
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------- aggregation
@@ -146,6 +165,9 @@ def test_evaluate_retrieval_aggregates(fixture_items):
     assert means["ndcg@3"] == pytest.approx((1 + 1 / LOG2_3) / 3)
     # MRR: (1 + 0.5 + 0) / 3
     assert means["mrr"] == pytest.approx(0.5)
+    # hit@k: one relevant page per question, so the same as recall@k
+    assert means["hit@1"] == pytest.approx(1 / 3)
+    assert means["hit@3"] == pytest.approx(2 / 3)
 
     # per category: paper = q1, q2 ; report = q3 only (q4, q5 excluded)
     assert report.by_category["paper"].count == 2
@@ -175,6 +197,62 @@ def test_evaluate_retrieval_aggregates(fixture_items):
     assert "category: paper" in text
     assert "source: Chart" in text
     assert "0.500" in text  # overall MRR
+    assert "Hit@3" in text
+    assert data["overall"]["hit@3"] == pytest.approx(2 / 3, abs=1e-6)
+    assert data["warnings"] == []
+
+
+def test_hit_at_k_differs_from_recall_with_several_gold_pages():
+    items = [_item("q", "a.pdf", [2, 5])]
+    report = evaluate_retrieval(items, {"q": [("a.pdf", 5), ("a.pdf", 1)]}, ks=(1, 2))
+    assert report.overall.means["recall@2"] == 0.5  # one of the two gold pages
+    assert report.overall.means["hit@2"] == 1.0  # but a gold page was found
+
+
+# ------------------------------------------------- gold pages that look 0-based
+
+
+def _shifted(n: int, *, hits: int = 0) -> tuple[list[QAItem], dict[str, list[tuple[str, int]]]]:
+    """n questions whose first page is the one after the gold page, then `hits` exact ones."""
+    items, ranks = [], {}
+    for i in range(n + hits):
+        gold = 2 + i % 5
+        items.append(_item(f"q{i}", "a.pdf", [gold]))
+        top = gold + 1 if i < n else gold
+        ranks[f"q{i}"] = [("a.pdf", top), ("a.pdf", 1)]
+    return items, ranks
+
+
+def test_most_top_pages_one_after_the_gold_page_warn_of_0_based_pages():
+    items, ranks = _shifted(4, hits=1)
+    report = evaluate_retrieval(items, ranks, ks=(1,))
+    assert len(report.warnings) == 1
+    warning = report.warnings[0]
+    assert "4 of 5" in warning
+    assert "numbers pages from 0" in warning
+    assert "add 1" in warning
+    assert page_shift_warning(report.questions) == warning
+    assert json.loads(json.dumps(report.to_dict()))["warnings"] == [warning]
+
+
+@pytest.mark.parametrize(
+    ("shifted", "hits"),
+    [
+        (2, 0),  # too few to say anything
+        (4, 3),  # the gold page itself comes first almost as often
+        (3, 12),  # a few neighbours among many hits: ordinary retrieval
+    ],
+)
+def test_no_0_based_warning_without_a_clear_shift(shifted: int, hits: int):
+    items, ranks = _shifted(shifted, hits=hits)
+    assert evaluate_retrieval(items, ranks, ks=(1,)).warnings == ()
+
+
+def test_a_gold_page_run_is_not_a_shift():
+    # gold {3, 4}, top page 4: a hit, not "one after the gold page"
+    items = [_item(f"q{i}", "a.pdf", [3, 4]) for i in range(5)]
+    ranks = {f"q{i}": [("a.pdf", 4)] for i in range(5)}
+    assert evaluate_retrieval(items, ranks, ks=(1,)).warnings == ()
 
 
 def test_evaluate_retrieval_refuses_missing_rankings_and_key_clashes(fixture_items):
@@ -379,6 +457,7 @@ def test_load_questions_defaults(tmp_path: Path):
         ('{"question": "Q", "evidence_pages": []}', "'doc'"),
         ('{"question": "Q", "doc": "a.pdf"}', "'evidence_pages'"),
         ('{"question": "Q", "doc": "a.pdf", "evidence_pages": [0]}', "1-based"),
+        ('{"question": "Q", "doc": "a.pdf", "evidence_pages": [-1]}', "1-based"),
         ('{"question": "Q", "doc": "a.pdf", "evidence_pages": ["2"]}', "1-based"),
         ('{"question": "Q", "doc": "a.pdf", "evidence_pages": [], "answerable": "no"}', "true"),
         ('{"id": "a", "question": "Q", "doc": "a.pdf", "evidence_pages": []}', "duplicate id"),
@@ -391,6 +470,25 @@ def test_load_questions_bad_line_names_the_line(tmp_path: Path, line: str, messa
     with pytest.raises(ConfigError, match=message) as info:
         load_questions(path)
     assert f"{path}:3:" in str(info.value)
+
+
+def test_page_0_is_an_evidence_page_error_saying_pages_are_1_based(tmp_path: Path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"id": "a", "question": "Q", "doc": "a.pdf", "evidence_pages": [1]}\n'
+        '{"id": "b", "question": "Q", "doc": "b.pdf", "evidence_pages": [0, 3]}\n'
+    )
+    with pytest.raises(EvidencePageError) as info:
+        load_questions(path)
+    error = info.value
+    assert isinstance(error, ConfigError)  # a usage error: exit code 2
+    message = str(error)
+    assert message.startswith(f"{path}:2:")
+    assert "page 0" in message
+    assert "1-based" in message
+    assert "add 1" in message
+    assert (error.questions_file, error.line, error.doc, error.page) == (str(path), 2, "b.pdf", 0)
+    assert error.page_count is None
 
 
 def test_load_questions_empty_or_missing(tmp_path: Path):
