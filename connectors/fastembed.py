@@ -20,7 +20,10 @@ download it. fastembed 0.9.1 gives none of these by itself:
 - ``cuda`` defaults to AUTO (the GPU is used silently when onnxruntime-gpu is
   installed); ``threads`` sets both intra- and inter-op threads of the
   session; ``parallel=N`` would start N forkserver workers each loading its
-  own copy of the model, which pagerag does not use (one session, batches).
+  own copy of the model, which pagerag does not use (one session, batches);
+- nothing tells which weights a model name stands for: :meth:`identity`
+  fingerprints the files of the resolved model directory
+  (:mod:`pipeline.fingerprint`) so collections can refuse other weights.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from PIL import Image
 
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ModelError, ModelNotAvailableError, OptionalDependencyError
+from pipeline.fingerprint import CONFIG_FILES, fingerprint_files, is_stand_in
 from pipeline.models import ModelSpec, get_model_spec
-from pipeline.types import Float16Array
+from pipeline.types import Float16Array, ModelIdentity
 
 __all__ = ["QUERY_BATCH_SIZE", "FastEmbedColPali"]
 
@@ -65,6 +69,9 @@ class FastEmbedColPali:
         self._embedding: Any = None  # fastembed.LateInteractionMultimodalEmbedding
         self._session_ready = False
         self._query_limit: int | None = None  # asked on every search: read once
+        self._identity: ModelIdentity | None = None  # asked on every open: hashed once
+        self._weight_files: tuple[str, ...] = ()  # the ONNX files, set when resolved
+        self._hub_repo = self._spec.name
 
     @property
     def spec(self) -> ModelSpec:
@@ -144,6 +151,55 @@ class FastEmbedColPali:
         self._query_limit = max_length
         return max_length
 
+    def identity(self) -> ModelIdentity:
+        """The weights in use: model name, where the files are, and their fingerprint.
+
+        The files are located as the first embedding would locate them
+        (``embedding.model_path``, else the fastembed cache, downloading when
+        online) but no ONNX session is opened; the large weight file is only
+        sampled (:mod:`pipeline.fingerprint`). For ``embedding.model_path``
+        and a registered model not even fastembed is imported. Computed once
+        per instance. ``source`` is the resolved ``embedding.model_path``, or
+        ``hub:<repo>@<revision>`` for a cached hub snapshot; ``stand_in`` is
+        true for pagerag's random-weight test model.
+        """
+        if self._identity is not None:
+            return self._identity
+        files = self._spec.weight_files
+        if self._config.model_path is not None and files:
+            model_dir = Path(self._config.model_path).expanduser().resolve()
+            self._check_files(model_dir, [*files, *_CONFIG_FILES])
+            source = str(model_dir)
+        else:
+            embedding = self._resolve()
+            files = files or self._weight_files
+            found = self._config.model_path or getattr(embedding.model, "_model_dir", None)
+            if found is None:
+                raise ModelError(
+                    f"fastembed did not say where it found {self._spec.name}, so its weights "
+                    "cannot be fingerprinted: set embedding.model_path to the model directory"
+                )
+            model_dir = Path(found).expanduser().resolve()
+            if self._config.model_path is not None:
+                source = str(model_dir)
+            else:
+                revision = f"@{model_dir.name}" if model_dir.parent.name == "snapshots" else ""
+                source = f"hub:{self._hub_repo}{revision}"
+        try:
+            fingerprint = fingerprint_files(model_dir, (*files, *CONFIG_FILES))
+        except OSError as exc:
+            raise ModelError(
+                f"cannot read the files of {self._spec.name} in {model_dir} to fingerprint "
+                f"its weights: {exc}"
+            ) from exc
+        self._identity = ModelIdentity(
+            name=self._spec.name,
+            source=source,
+            fingerprint=fingerprint,
+            stand_in=is_stand_in(model_dir),
+        )
+        return self._identity
+
     # -- loading -------------------------------------------------------------
 
     def _ready(self) -> Any:
@@ -178,7 +234,9 @@ class FastEmbedColPali:
             raise _missing_fastembed(exc) from exc
 
         description = self._description(LateInteractionMultimodalEmbedding)
-        required = [description["model_file"], *description["additional_files"], *_CONFIG_FILES]
+        self._weight_files = (description["model_file"], *description["additional_files"])
+        self._hub_repo = str((description.get("sources") or {}).get("hf") or self._spec.name)
+        required = [*self._weight_files, *_CONFIG_FILES]
         config = self._config
         if config.model_path is not None:
             self._check_files(Path(config.model_path), required)

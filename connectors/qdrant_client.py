@@ -39,7 +39,7 @@ import logging
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -67,11 +67,14 @@ from pipeline.store import (
     IMAGE_FIELD,
     KIND_DOCUMENT,
     KIND_PAGE,
+    adopt_identity,
     check_manifest_version,
     manifest_payload,
     record_from_payload,
     record_to_payload,
     spec_from_manifest,
+    weights_problem,
+    weights_remedy,
 )
 from pipeline.types import (
     CollectionSpec,
@@ -92,7 +95,7 @@ _T = TypeVar("_T")
 MEMORY_URL = ":memory:"
 _UPDATE_CHUNK = 64  # pages per update_vectors request
 # Payload fields filtered on by every search, count and delete.
-INDEXED_FIELDS = ("kind", "document_id", "source", "source_dirs")
+INDEXED_FIELDS = ("kind", "document_id", "source", "source_alias", "source_dirs")
 _DATATYPES = {"float16": qm.Datatype.FLOAT16, "float32": qm.Datatype.FLOAT32}
 _VECTOR_DATATYPES = {
     "float16": qm.VectorStorageDatatype.FLOAT16,
@@ -564,6 +567,10 @@ class ClientPageStore:
                 f"it was filled by model {recorded_model!r}, but embedding.model is "
                 f"{spec.model!r} (vectors of different models cannot be compared)"
             )
+        recorded = spec_from_manifest(spec.name, manifest) if manifest is not None else None
+        weights = weights_problem(recorded, spec)
+        if weights:
+            problems.append(weights)
         if spec.full_vector not in layout:
             problems.append(
                 f"it has no vector named {spec.full_vector!r} (it has: "
@@ -599,8 +606,9 @@ class ClientPageStore:
         raise CollectionMismatchError(
             f"collection {spec.name!r} in {self._describe_engine()} was built differently: "
             + "; ".join(problems)
-            + ". To fix it: use another collection (store.collection), or delete this "
-            + f"collection and re-ingest{back}."
+            + ". To fix it: use another collection (store.collection) and re-ingest into it, "
+            + f"or delete this collection and re-ingest to re-embed every page{back}"
+            + f"{weights_remedy(recorded, spec)}."
         )
 
     def _evolve(
@@ -622,7 +630,7 @@ class ClientPageStore:
                     field,
                     getattr(spec, field),
                 )
-        updated = recorded
+        updated = adopt_identity(recorded, spec)
         missing = [n for n in spec.pooled if n not in layout]
         if missing:
             self._add_pooled_vectors(recorded, missing)
@@ -847,7 +855,70 @@ class ClientPageStore:
         )
         return pages
 
+    def prune_pages(self, document_id: str, keep: Collection[int]) -> int:
+        spec = self._opened()
+        flt = qm.Filter(
+            must=[_match("kind", KIND_PAGE), _match("document_id", document_id)],
+            must_not=[qm.FieldCondition(key="page", match=qm.MatchAny(any=sorted(keep)))]
+            if keep
+            else None,
+        )
+        extra = self._count(spec.name, flt)
+        if extra:
+            self._call(
+                f"removing stale pages of {document_id!r}",
+                lambda c: c.delete(
+                    spec.name,
+                    points_selector=qm.FilterSelector(filter=flt),
+                    wait=True,
+                    ordering=qm.WriteOrdering.MEDIUM,
+                ),
+                retry=True,
+            )
+        return extra
+
+    def set_payload(self, document_id: str, fields: Mapping[str, Any]) -> None:
+        spec = self._opened()
+        flt = qm.Filter(must=[_match("document_id", document_id)])
+        self._call(
+            f"updating metadata of {document_id!r}",
+            lambda c: c.set_payload(
+                spec.name,
+                payload=dict(fields),
+                points=qm.FilterSelector(filter=flt),
+                wait=True,
+                ordering=qm.WriteOrdering.MEDIUM,
+            ),
+            retry=True,
+        )
+
     # ------------------------------------------------------------------ reads
+
+    def document_ids(self, where: PageFilter) -> set[str]:
+        """Marked documents in one scroll; then one small scroll per unmarked one."""
+        spec = self._opened()
+        selector = ["document_id"]
+        found = {
+            str((r.payload or {})["document_id"])
+            for r in self._scroll(
+                spec.name, _document_filter(where, KIND_DOCUMENT), with_payload=selector
+            )
+        }
+        pages = _document_filter(where, KIND_PAGE)
+        while True:
+            exclude = qm.FieldCondition(key="document_id", match=qm.MatchAny(any=sorted(found)))
+            flt = qm.Filter(must=[pages], must_not=[exclude] if found else None)
+            records, _next = self._call(
+                f"listing documents of {spec.name!r}",
+                lambda c, f=flt: c.scroll(  # type: ignore[misc]
+                    spec.name, scroll_filter=f, limit=16, with_payload=selector, with_vectors=False
+                ),
+                retry=True,
+            )
+            ids = {str((r.payload or {})["document_id"]) for r in records}
+            if not ids:
+                return found
+            found |= ids
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         spec = self._opened()
@@ -877,7 +948,12 @@ class ClientPageStore:
         return sorted(records, key=lambda r: (r.source, r.document_id))
 
     def _scroll(
-        self, name: str, flt: qm.Filter, *, with_payload: bool, limit: int = _SCROLL_PAGE
+        self,
+        name: str,
+        flt: qm.Filter,
+        *,
+        with_payload: bool | Sequence[str],
+        limit: int = _SCROLL_PAGE,
     ) -> Iterator[qm.Record]:
         offset: qm.ExtendedPointId | None = None
         while True:
@@ -1081,14 +1157,53 @@ def _page_filter(flt: PageFilter | None) -> qm.Filter:
             qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(flt.document_ids)))
         )
     if flt.source_prefix is not None:
-        prefix = flt.source_prefix.rstrip("/") or "/"
-        must.append(qm.Filter(should=[_match("source", prefix), _match("source_dirs", prefix)]))
-    for key, value in flt.metadata.items():
+        must.append(_under(flt.source_prefix))
+    if flt.source is not None:
+        must.append(_at(flt.source))
+    must.extend(_meta_conditions(flt.metadata))
+    return qm.Filter(must=must)
+
+
+def _meta_conditions(metadata: Mapping[str, str]) -> list[qm.Condition]:
+    conditions: list[qm.Condition] = []
+    for key, value in metadata.items():
         if not key or any(c in key for c in ".[]"):
             raise QueryError(
                 f"metadata key {key!r} cannot be filtered on: use keys without '.', '[' or ']'"
             )
-        must.append(_match(f"meta.{key}", str(value)))
+        conditions.append(_match(f"meta.{key}", str(value)))
+    return conditions
+
+
+def _at(source: str) -> qm.Filter:
+    """Points stored from exactly ``source`` (its resolved path or the path given)."""
+    return qm.Filter(should=[_match("source", source), _match("source_alias", source)])
+
+
+def _under(prefix: str) -> qm.Filter:
+    """Points stored from ``prefix`` (a file, by resolved or given path) or below it."""
+    prefix = prefix.rstrip("/") or "/"
+    return qm.Filter(
+        should=[
+            _match("source", prefix),
+            _match("source_alias", prefix),
+            _match("source_dirs", prefix),
+        ]
+    )
+
+
+def _document_filter(where: PageFilter, kind: str) -> qm.Filter:
+    """Points of ``kind`` (pages or completion marks) matching ``where``."""
+    must: list[qm.Condition] = [_match("kind", kind)]
+    if where.document_ids:
+        must.append(
+            qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(where.document_ids)))
+        )
+    if where.source_prefix is not None:
+        must.append(_under(where.source_prefix))
+    if where.source is not None:
+        must.append(_at(where.source))
+    must.extend(_meta_conditions(where.metadata))
     return qm.Filter(must=must)
 
 

@@ -48,7 +48,7 @@ import logging
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -70,11 +70,14 @@ from pipeline.store import (
     IMAGE_FIELD,
     KIND_DOCUMENT,
     KIND_PAGE,
+    adopt_identity,
     check_manifest_version,
     manifest_payload,
     record_from_payload,
     record_to_payload,
     spec_from_manifest,
+    weights_problem,
+    weights_remedy,
 )
 from pipeline.types import (
     CollectionSpec,
@@ -96,7 +99,7 @@ ENGINE = "qdrant-edge"
 _DISTANCE = "Dot"
 _COMPARATOR = "max_sim"
 # Keyword payload indexes: every page filter and every mark lookup uses these.
-_INDEXED_FIELDS = ("kind", "document_id", "source", "source_dirs")
+_INDEXED_FIELDS = ("kind", "document_id", "source", "source_alias", "source_dirs")
 _DATATYPES = {
     "float16": qe.VectorStorageDatatype.Float16,
     "float32": qe.VectorStorageDatatype.Float32,
@@ -315,7 +318,58 @@ class EdgePageStore:
             self.flush()
         return pages
 
+    def prune_pages(self, document_id: str, keep: Collection[int]) -> int:
+        flt = qe.Filter(
+            must=[_match("kind", KIND_PAGE), _match("document_id", document_id)],
+            must_not=[qe.FieldCondition(key="page", match=qe.MatchAny(sorted(keep)))]
+            if keep
+            else [],
+        )
+        with self._lock:
+            extra = self._count(flt)
+            if extra:
+                self._update("remove stale pages", qe.UpdateOperation.delete_points_by_filter(flt))
+                self.flush()
+        return extra
+
+    def set_payload(self, document_id: str, fields: Mapping[str, Any]) -> None:
+        flt = qe.Filter(must=[_match("document_id", document_id)])
+        with self._lock:
+            self._update(
+                "update document metadata",
+                qe.UpdateOperation.set_payload_by_filter(flt, dict(fields)),
+            )
+            self.flush()
+
     # ---------------------------------------------------------------- reading
+
+    def document_ids(self, where: PageFilter) -> set[str]:
+        """Marked documents in one scroll; then one small scroll per unmarked one.
+
+        Pages are many per document, so they are never scrolled row by row:
+        each request excludes the ids already found and returns a new one.
+        """
+        selector = qe.PayloadSelector.Include(["document_id"])
+        marks = _document_filter(where, KIND_DOCUMENT)
+        found = {
+            str((rec.payload or {})["document_id"])
+            for batch in self._scroll(marks, with_payload=selector)
+            for rec in batch
+        }
+        pages = _document_filter(where, KIND_PAGE)
+        while True:
+            exclude = qe.FieldCondition(key="document_id", match=qe.MatchAny(sorted(found)))
+            request = qe.ScrollRequest(
+                limit=16,
+                filter=qe.Filter(must=[pages], must_not=[exclude] if found else []),
+                with_payload=selector,
+                with_vector=False,
+            )
+            records, _next = self._call("scroll", qe.EdgeShard.scroll, request)
+            ids = {str((rec.payload or {})["document_id"]) for rec in records}
+            if not ids:
+                return found
+            found |= ids
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         payloads = self._retrieve_payloads([document_point_id(document_id)], True)
@@ -573,6 +627,9 @@ class EdgePageStore:
             problems.append(
                 f"it was built with model {recorded.model!r}, but embedding.model is {spec.model!r}"
             )
+        weights = weights_problem(recorded, spec)
+        if weights:
+            problems.append(weights)
         if layout is not None:
             full = layout.get(spec.full_vector)
             if full is None:
@@ -603,8 +660,9 @@ class EdgePageStore:
         raise CollectionMismatchError(
             f"collection {self._collection!r} in {self._path} was built differently: "
             + "; ".join(problems)
-            + ". To fix it: use another store.collection name, or delete "
-            + f"{self.shard_dir} and re-ingest with the new model{back}."
+            + ". To fix it: use another store.collection name (a new collection) and re-ingest "
+            + f"into it, or delete {self.shard_dir} and re-ingest to re-embed every page with "
+            + f"the configured model and weights{back}{weights_remedy(recorded, spec)}."
         )
 
     def _evolve(
@@ -630,7 +688,7 @@ class EdgePageStore:
                     field,
                     getattr(spec, field),
                 )
-        updated = recorded
+        updated = adopt_identity(recorded, spec)
         missing = [name for name in spec.pooled if name not in layout]
         if missing:
             pages = shard.count(qe.CountRequest(exact=True, filter=_page_filter(None)))
@@ -789,7 +847,11 @@ class EdgePageStore:
         return self._call("count", qe.EdgeShard.count, qe.CountRequest(exact=True, filter=flt))
 
     def _scroll(
-        self, flt: qe.Filter, *, limit: int = _SCROLL_BATCH, with_payload: bool
+        self,
+        flt: qe.Filter,
+        *,
+        limit: int = _SCROLL_BATCH,
+        with_payload: bool | qe.PayloadSelector,
     ) -> Iterator[list[qe.Record]]:
         """Non-empty batches of matching points, one locked engine call per batch."""
         offset: Any = None
@@ -855,9 +917,43 @@ def _page_filter(flt: PageFilter | None) -> qe.Filter:
             )
         if flt.source_prefix is not None:
             prefix = flt.source_prefix.rstrip("/") or "/"
-            must.append(qe.Filter(should=[_match("source", prefix), _match("source_dirs", prefix)]))
+            must.append(_under(prefix))
+        if flt.source is not None:
+            must.append(_at(flt.source))
         for key, value in sorted(flt.metadata.items()):
             must.append(_match(f"meta.{key}", value))
+    return qe.Filter(must=must)
+
+
+def _at(source: str) -> qe.Filter:
+    """Points stored from exactly ``source`` (its resolved path or the path given)."""
+    return qe.Filter(should=[_match("source", source), _match("source_alias", source)])
+
+
+def _under(prefix: str) -> qe.Filter:
+    """Points stored from ``prefix`` (a file, by resolved or given path) or below it."""
+    return qe.Filter(
+        should=[
+            _match("source", prefix),
+            _match("source_alias", prefix),
+            _match("source_dirs", prefix),
+        ]
+    )
+
+
+def _document_filter(where: PageFilter, kind: str) -> qe.Filter:
+    """Points of ``kind`` (pages or completion marks) matching ``where``."""
+    must: list[Any] = [_match("kind", kind)]
+    if where.document_ids:
+        must.append(
+            qe.FieldCondition(key="document_id", match=qe.MatchAny(list(where.document_ids)))
+        )
+    if where.source_prefix is not None:
+        must.append(_under(where.source_prefix.rstrip("/") or "/"))
+    if where.source is not None:
+        must.append(_at(where.source))
+    for key, value in sorted(where.metadata.items()):
+        must.append(_match(f"meta.{key}", value))
     return qe.Filter(must=must)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config import PageRAGConfig, load_config
-from pipeline.embed import PageEmbedder
+from pipeline.embed import PageEmbedder, identity_of
 from pipeline.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -34,8 +34,9 @@ from pipeline.errors import (
 )
 from pipeline.ingest import FileOutcome, IngestJob, IngestProgress, IngestReport
 from pipeline.pooling import POOLED_VECTORS, supports_pooling
-from pipeline.store import PageStore
+from pipeline.store import PageStore, weights_problem, weights_remedy
 from pipeline.types import (
+    LIMIT_KEYS,
     Answer,
     CollectionSpec,
     DocumentRecord,
@@ -56,6 +57,7 @@ log = logging.getLogger("pagerag")
 Mode = Literal["exact", "two_stage", "auto"]
 MAX_K = 1000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHORT_ID = re.compile(r"^[0-9a-f]{4,63}$")
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,17 @@ class Status:
 
     def to_dict(self) -> dict[str, Any]:
         spec = self.spec
+        # The weights that made the vectors, as the manifest records them (None
+        # for a collection written before pagerag fingerprinted weights).
+        identity = None if spec is None else spec.identity
         return {
             "collection": self.stats.collection,
             "engine": self.stats.engine,
             "location": self.stats.location,
-            "model": self.stats.model,
+            "model": self.stats.model if identity is None else identity.label,
+            "model_source": None if identity is None else identity.source,
+            "model_fingerprint": None if identity is None else identity.fingerprint,
+            "model_stand_in": None if identity is None else identity.stand_in,
             "configured_model": self.configured_model,
             "documents": self.stats.documents,
             "pages": self.stats.pages,
@@ -190,6 +198,7 @@ class PageRAG:
         self._renderer = renderer
         self._answerer = answerer
         self._opened = False
+        self._weights_checked = False  # opened with the embedder's identity
         self._lock = threading.RLock()
 
     @classmethod
@@ -240,8 +249,13 @@ class PageRAG:
                     self._answerer = NoVLMAnswerer()
             return self._answerer
 
-    def wanted_spec(self) -> CollectionSpec:
-        """The collection the config asks for (pooled vectors when the model has a grid)."""
+    def wanted_spec(self, *, weights: bool = True) -> CollectionSpec:
+        """The collection the config asks for (pooled vectors when the model has a grid).
+
+        With ``weights`` it names the exact weights too (the embedder's
+        identity: their files are located and fingerprinted, not loaded), so
+        opening refuses a collection filled by other weights.
+        """
         model = self.embedder.spec
         store = self.config.store
         return CollectionSpec(
@@ -252,15 +266,26 @@ class PageRAG:
             datatype=store.datatype,
             quantization=store.quantization,
             on_disk=store.on_disk,
+            identity=identity_of(self.embedder) if weights else None,
         )
 
-    def _open(self, *, create: bool) -> CollectionSpec:
-        """Open (or create) the collection and return the spec recorded in it."""
+    def _open(self, *, create: bool, weights: bool = False) -> CollectionSpec:
+        """Open (or create) the collection and return the spec recorded in it.
+
+        ``weights``: for commands that embed (ingest, search): the store
+        checks the configured weights against the ones that filled the
+        collection (and records them in a collection that predates weight
+        fingerprints). Reading commands (status, delete, reindex --pooled)
+        leave it off and need no model files.
+        """
         with self._lock:
             store = self.store
             if not self._opened:
-                wanted = self.wanted_spec()
                 recorded = store.spec()
+                # Nothing to check (or record) without a collection, unless creating one:
+                # a search before any ingest says "nothing ingested", not "model missing".
+                check = weights and (create or recorded is not None)
+                wanted = self.wanted_spec(weights=check)
                 if recorded is not None:
                     # Keep an existing collection's pooled vectors as they are: adding
                     # them here would leave older pages without them. Upgrading is
@@ -268,11 +293,22 @@ class PageRAG:
                     wanted = dataclasses.replace(wanted, pooled=recorded.pooled)
                 store.open(wanted, create=create)
                 self._opened = True
+                self._weights_checked = check
             recorded = store.spec()
             if recorded is None:  # pragma: no cover - adapters record on create
                 raise CollectionNotFoundError(
                     f"collection {self.config.store.collection!r} has no manifest"
                 )
+            if weights and not self._weights_checked:
+                # Opened earlier by a reading command, without the weights.
+                if recorded.identity is None and recorded.model == self.embedder.spec.name:
+                    # Predates fingerprints: reopen with them, so the store adopts them.
+                    wanted = self.wanted_spec(weights=True)
+                    store.open(dataclasses.replace(wanted, pooled=recorded.pooled), create=False)
+                    recorded = store.spec() or recorded
+                else:
+                    self._check_weights(recorded)
+                self._weights_checked = True
             return recorded
 
     def close(self) -> None:
@@ -281,6 +317,7 @@ class PageRAG:
             if self._store is not None:
                 self._store.close()
             self._opened = False
+            self._weights_checked = False
 
     def __enter__(self) -> PageRAG:
         return self
@@ -298,11 +335,16 @@ class PageRAG:
         metadata: Mapping[str, str] | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
         handle_signals: bool = False,
+        retry_incomplete: bool = False,
     ) -> IngestReport:
         """Ingest files, folders (recursively) and globs; see :mod:`pipeline.ingest`.
 
         With ``handle_signals`` (the CLI sets it) SIGINT/SIGTERM stop the job
         after the batch in flight and the report so far is returned.
+        Documents stored incomplete (truncated, timed out, failed pages) are
+        redone when a render limit changed since, or always with
+        ``retry_incomplete``. ``metadata`` replaces the metadata of files
+        already stored, without re-embedding them.
         """
         from pipeline.sources import PasswordBook, discover, hash_file
 
@@ -311,7 +353,7 @@ class PageRAG:
             FileOutcome(path=str(item), status="failed", reason=item.kind, message=item.message)
             for item in discovery.missing
         ]
-        spec = self._open(create=True)
+        spec = self._open(create=True, weights=True)
         self._check_model(spec)
         book = PasswordBook(self.config.render, default=password)
         job = IngestJob(
@@ -328,17 +370,38 @@ class PageRAG:
             store_images=self.config.ingest.store_images,
             metadata=dict(metadata or {}),
             progress=progress,
+            limits={key: getattr(self.config.render, key) for key in LIMIT_KEYS},
+            retry_incomplete=retry_incomplete,
         )
+        aliases = {f.path: f.given for f in discovery.files if f.given}
         with _stop_on_signals(job.request_stop, enabled=handle_signals):
-            return job.run([f.path for f in discovery.files], failed=missing)
+            return job.run([f.path for f in discovery.files], failed=missing, aliases=aliases)
 
-    def _check_model(self, spec: CollectionSpec) -> None:
+    def _check_model(self, spec: CollectionSpec, *, weights: bool = True) -> None:
+        """Refuse a collection another model (or, with ``weights``, other weights) filled.
+
+        The store already refused on open; this holds for any store adapter.
+        """
         configured = self.embedder.spec
         if spec.model != configured.name or spec.dim != configured.dim:
             raise CollectionMismatchError(
                 f"collection {spec.name!r} was built with {spec.model} (dim {spec.dim}) but "
                 f"embedding.model is {configured.name} (dim {configured.dim}). Set "
                 f"embedding.model back to {spec.model}, or use another store.collection."
+            )
+        if weights:
+            self._check_weights(spec)
+
+    def _check_weights(self, spec: CollectionSpec) -> None:
+        """Refuse a collection filled by other weights than the embedder's."""
+        wanted = dataclasses.replace(spec, identity=identity_of(self.embedder))
+        problem = weights_problem(spec, wanted)
+        if problem:
+            raise CollectionMismatchError(
+                f"collection {spec.name!r}: {problem}. To fix it: use another "
+                "store.collection (a new collection) and re-ingest into it, or delete this "
+                "collection and re-ingest to re-embed every page with the configured weights"
+                f"{weights_remedy(spec, wanted)}."
             )
 
     # -- manage ------------------------------------------------------------------
@@ -367,25 +430,66 @@ class PageRAG:
         self._open(create=False)
         return self.store.documents()
 
-    def delete(self, target: str | Path) -> list[DocumentRecord]:
-        """Delete a document by id or by the path it was ingested from.
+    def find_documents(self, target: str | Path) -> list[DocumentRecord]:
+        """The documents ``delete(target)`` would remove, without removing them.
 
-        Returns the records removed (empty when nothing matched).
+        ``target`` is a document id, a unique prefix of one (the short id
+        ``status --documents`` shows), a file path (resolved, or as given when
+        it was a symlink) or a folder (every document under it). Documents a
+        killed job left without a completion mark are found too: they come
+        back as records with ``page_count`` 0 and ``incomplete="unfinished"``.
+        Raises ``QueryError`` listing the matches when a prefix is ambiguous.
         """
         self._open(create=False)
         store = self.store
         text = str(target)
-        records: list[DocumentRecord] = []
+        ids: set[str] = set()
         if _SHA256.match(text):
-            record = store.get_document(text)
-            if record is not None:
-                records = [record]
-            elif store.delete_document(text):  # partial leftovers of a crashed run
-                return []
-        if not records:
-            records = store.documents(source=_absolute(text))
+            ids = store.document_ids(PageFilter(document_ids=(text,)))
+        elif _SHORT_ID.match(text) and not os.path.exists(text):
+            ids = self._by_prefix(text)
+        if not ids:
+            path = _absolute(text)
+            for name in {path, os.path.realpath(path)}:
+                ids |= store.document_ids(PageFilter(source_prefix=name))
+        return [self._record_or_leftover(i) for i in sorted(ids)]
+
+    def _by_prefix(self, prefix: str) -> set[str]:
+        matches = [r for r in self.store.documents() if r.document_id.startswith(prefix)]
+        if len(matches) > 1:
+            listed = "; ".join(f"{r.document_id[:16]} {r.source}" for r in matches[:10])
+            more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+            raise QueryError(
+                f"document id prefix {prefix!r} is ambiguous: it matches {len(matches)} "
+                f"documents ({listed}{more}); give more characters"
+            )
+        return {r.document_id for r in matches}
+
+    def _record_or_leftover(self, document_id: str) -> DocumentRecord:
+        record = self.store.get_document(document_id)
+        if record is not None:
+            return record
+        pages = self.store.count_pages(PageFilter(document_ids=(document_id,)))
+        return DocumentRecord(
+            document_id=document_id,
+            source="",
+            file_name="",
+            page_count=0,
+            total_pages=pages,
+            ingested_at="",
+            model="",
+            bytes=0,
+            incomplete="unfinished",
+        )
+
+    def delete(self, target: str | Path) -> list[DocumentRecord]:
+        """Delete what :meth:`find_documents` finds: pages, stored images and marks.
+
+        Returns the records removed (empty when nothing matched).
+        """
+        records = self.find_documents(target)
         for record in records:
-            store.delete_document(record.document_id)
+            self.store.delete_document(record.document_id)
         return records
 
     # -- search and ask ----------------------------------------------------------
@@ -405,7 +509,7 @@ class PageRAG:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         flt = parse_filter(filter)
-        spec = self._open(create=False)
+        spec = self._open(create=False, weights=True)
         self._check_model(spec)
         vectors = self._embed_query(query)
         store = self.store

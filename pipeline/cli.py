@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli_eval import register as register_eval_commands
@@ -119,13 +120,24 @@ def ingest(
         list[str] | None,
         typer.Option(help="Metadata KEY=VALUE attached to every page (filterable). Repeatable."),
     ] = None,
+    retry_incomplete: Annotated[
+        bool,
+        typer.Option(
+            "--retry-incomplete",
+            help="Redo documents stored incomplete (truncated by render.max_pages, timed out, "
+            "pages failed) even when no limit changed. Without it they are redone only when a "
+            "render limit changed since they were stored.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Render, embed and store documents. Unchanged files are skipped; changed ones replaced.
 
-    Safe to rerun or kill: a rerun resumes where the last run stopped, without duplicates.
-    Exit code 0 when every file was ingested or unchanged, 1 when some failed.
+    Safe to rerun or kill: a rerun resumes where the last run stopped, without duplicates,
+    and leaves one version per path. --meta on an unchanged file updates its metadata
+    without re-embedding. Exit code 0 when every file was ingested or unchanged and whole,
+    1 when some failed or are stored with failed pages, 2 on usage or configuration errors.
     """
     overrides: dict[str, dict[str, Any]] = {}
     if workers:
@@ -143,6 +155,7 @@ def ingest(
                 metadata=metadata,
                 progress=progress,
                 handle_signals=True,
+                retry_incomplete=retry_incomplete,
             )
     except PageRAGError as exc:
         _fail(exc)
@@ -254,7 +267,12 @@ def status(
             {
                 "document_id": d.document_id,
                 "source": d.source,
+                "source_alias": d.source_alias,
                 "pages": d.page_count,
+                "total_pages": d.total_pages,
+                "complete": d.is_complete,
+                "incomplete": d.incomplete,
+                "failed_pages": list(d.failed_pages),
                 "ingested_at": d.ingested_at,
             }
             for d in info.documents
@@ -269,24 +287,55 @@ def status(
     out.print(table)
     if info.spec is None:
         out.print("nothing ingested yet: run `pagerag ingest FILES…`")
+    elif info.spec.identity is None:
+        out.print(
+            "the weights that made these vectors are not recorded (written by an older "
+            "pagerag): the next ingest or search records the configured ones"
+        )
+    elif info.spec.identity.stand_in:
+        out.print(
+            "[yellow]these vectors come from the random-weight stand-in model: useless for "
+            "retrieval quality[/]"
+        )
     for d in data.get("document_list", []):
-        out.print(f"{d['document_id'][:12]}  {d['pages']:>5} p  {d['source']}")
+        state = (
+            ""
+            if d["complete"]
+            else f"  incomplete: {d['incomplete']} {d['pages']}/{d['total_pages']}"
+        )
+        out.print(f"{d['document_id'][:12]}  {d['pages']:>5} p  {d['source']}{state}")
 
 
 @app.command()
 def delete(
     targets: Annotated[
-        list[str], typer.Argument(help="Paths the documents were ingested from, or document ids.")
+        list[str],
+        typer.Argument(
+            help="What to delete: a path a document was ingested from (as given or resolved), "
+            "a folder (every document under it), a document id, or a unique prefix of one "
+            "(the short id `status --documents` shows)."
+        ),
     ],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete several documents without asking.")
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Delete documents (all their pages and stored images)."""
+    """Delete documents: all their pages, stored images and completion marks.
+
+    Pages a killed job left without a completion mark go too. A target that matches
+    more than one document (a folder) asks first on a terminal; elsewhere pass --yes.
+    Exit code 0 when every target matched, 1 when one matched nothing.
+    """
     rag = _rag(config)
     removed: dict[str, list[str]] = {}
     try:
         with rag:
             for target in targets:
+                found = rag.find_documents(target)
+                if len(found) > 1 and not yes:
+                    _confirm_many(target, found)
                 removed[target] = [r.document_id for r in rag.delete(target)]
     except PageRAGError as exc:
         _fail(exc)
@@ -295,8 +344,26 @@ def delete(
     else:
         for target, ids in removed.items():
             msg = f"deleted {len(ids)} document(s)" if ids else "[yellow]nothing matched[/]"
-            out.print(f"{target}: {msg}")
+            out.print(f"{escape(target)}: {msg}")
     raise typer.Exit(0 if all(removed.values()) else 1)
+
+
+def _confirm_many(target: str, found: list[Any]) -> None:
+    """Ask before a delete of several documents; refuse without a terminal."""
+    if not sys.stdin.isatty():
+        _fail(
+            QueryError(
+                f"{target} matches {len(found)} documents; pass --yes to delete them all "
+                "(nothing was deleted)"
+            )
+        )
+    for record in found[:20]:
+        err.print(f"  {record.document_id[:12]}  {escape(record.source or '(unfinished)')}")
+    if len(found) > 20:
+        err.print(f"  … and {len(found) - 20} more")
+    if not typer.confirm(f"delete these {len(found)} documents?", default=False, err=True):
+        err.print("nothing deleted")
+        raise typer.Exit(1)
 
 
 K = Annotated[int | None, typer.Option("-k", "--k", help="How many pages (retrieval.k).")]

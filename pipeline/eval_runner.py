@@ -26,6 +26,14 @@ Decisions, made once so numbers stay comparable between runs:
   ``skip_missing``: then their questions are left out and listed in
   ``EvalResult.skipped``, never scored as zero — a document that is not
   there says nothing about retrieval.
+* **Wrong gold pages.** An evidence page past the end of its document stops
+  the run, before any question is searched, with an
+  :class:`~pipeline.errors.EvidencePageError` naming the questions file and
+  line and the document's page count (page 0 is refused when the file is
+  read). A gold page the document has but the collection does not (it failed
+  to ingest, or ``render.max_pages`` cut it) is scored as the miss it is, with
+  a warning in ``EvalResult.warnings``; so is a file whose gold pages look
+  numbered from 0 (:func:`~pipeline.evaluate.page_shift_warning`).
 * **Answers** are produced from the first ``answer_k`` pages of the same
   ranking that was scored (``retrieval.k`` by default), with the configured
   answerer — what ``ask`` would send, without embedding the question twice.
@@ -50,7 +58,13 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 from pydantic import ValidationError
 
 from pipeline.config import RetrievalConfig
-from pipeline.errors import ConfigError, InputError, QueryError, VLMNotConfiguredError
+from pipeline.errors import (
+    ConfigError,
+    EvidencePageError,
+    InputError,
+    QueryError,
+    VLMNotConfiguredError,
+)
 from pipeline.evaluate import (
     DEFAULT_KS,
     AnswerReport,
@@ -173,7 +187,8 @@ class EvalResult:
 
     ``documents`` maps each question ``doc`` to the stored document id it was
     evaluated against; ``skipped`` maps question ids left out (only with
-    ``skip_missing``) to the reason.
+    ``skip_missing``) to the reason. ``warnings`` are doubts about the QA
+    set: gold pages that were never stored, gold pages that look 0-based.
     """
 
     retrieval: RetrievalReport
@@ -188,6 +203,7 @@ class EvalResult:
     seconds: float
     search_seconds: float
     answer_seconds: float
+    warnings: tuple[str, ...] = ()
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -204,6 +220,7 @@ class EvalResult:
             "questions": searched + len(self.skipped),
             "searched": searched,
             "skipped": dict(self.skipped),
+            "warnings": list(self.warnings),
             "documents": dict(self.documents),
             "timing": {
                 "seconds": round(self.seconds, 3),
@@ -335,6 +352,9 @@ def run_comparison(
     b = mode_b if isinstance(mode_b, RunConfig) else RunConfig.parse(mode_b)
     ks = _check_ks(ks)
     items, questions_file, base = _load(questions, docs_dir)
+    # The file itself when there is one (read again, cheaply), so that errors and
+    # both results name it and its lines.
+    source: str | Sequence[QAItem] = questions_file if questions_file is not None else items
     common: dict[str, Any] = {
         "docs_dir": base,
         "ks": ks,
@@ -345,7 +365,7 @@ def run_comparison(
     }
     result_a = run_eval(
         rag,
-        items,
+        source,
         mode=a.mode,
         retrieval=a.retrieval,
         ingest=ingest,
@@ -354,23 +374,16 @@ def run_comparison(
     )
     result_b = run_eval(
         rag_b or rag,
-        items,
+        source,
         mode=b.mode,
         retrieval=b.retrieval,
         ingest=ingest and rag_b is not None,
         label=f"B: {b.describe()}",
         **common,
     )
-    if questions_file is not None:
-        result_a = _with_file(result_a, questions_file)
-        result_b = _with_file(result_b, questions_file)
     return ComparisonResult(
         result_a, result_b, compare_runs(result_a.retrieval, result_b.retrieval)
     )
-
-
-def _with_file(result: EvalResult, questions_file: str) -> EvalResult:
-    return replace(result, questions_file=questions_file)
 
 
 # ------------------------------------------------------------ validation
@@ -576,7 +589,7 @@ def _evaluate(
     progress: Callable[[EvalProgress], None] | None,
     started: float,
 ) -> EvalResult:
-    spec = rag._open(create=False)
+    spec = rag._open(create=False, weights=True)  # the run names the weights it searched
     documents = _resolve_documents(rag, items, base, ingest_report)
     skipped: dict[str, str] = {}
     if documents.missing:
@@ -596,6 +609,7 @@ def _evaluate(
         if not items:
             raise InputError(str(base), "none of the questions' documents is available")
 
+    notes = _check_gold_pages(items, documents, questions_file)
     # Every spelling of a document's path becomes one key, so its pages are credited once.
     items = [replace(item, doc=documents.key(item.doc)) for item in items]
     config = _run_config(rag, spec, run, ks=ks, scope=scope)
@@ -640,7 +654,79 @@ def _evaluate(
         seconds=time.perf_counter() - started,
         search_seconds=search_seconds,
         answer_seconds=answer_seconds,
+        warnings=(*notes, *report.warnings),
     )
+
+
+_LISTED = 5  # problems spelled out in one message; the rest are counted
+
+
+def _place(item: QAItem, questions_file: str | None) -> str:
+    if questions_file is not None:
+        return f"{questions_file}:{item.line}"
+    return f"question {item.id!r}" + (f" (line {item.line})" if item.line else "")
+
+
+def _check_gold_pages(
+    items: Sequence[QAItem], documents: _Documents, questions_file: str | None
+) -> list[str]:
+    """Refuse gold pages past their document's end; warn about ones never stored.
+
+    Every item's document must be in ``documents.record``. Returns the
+    warnings; raises :class:`~pipeline.errors.EvidencePageError` for the
+    first page out of range, listing the other lines that have one.
+    """
+    past_end: list[tuple[QAItem, int, DocumentRecord]] = []
+    not_stored: list[str] = []
+    for item in items:
+        record = documents.record[_canonical(item.doc)]
+        stored_through = record.page_count + len(record.failed_pages)
+        for page in item.evidence_pages:
+            if page > record.total_pages:
+                past_end.append((item, page, record))
+            elif page in record.failed_pages:
+                not_stored.append(f"page {page} of {item.doc} (it failed to ingest)")
+            elif page > stored_through:
+                not_stored.append(
+                    f"page {page} of {item.doc} (only its first {stored_through} of "
+                    f"{record.total_pages} pages were ingested: render.max_pages)"
+                )
+    if past_end:
+        item, page, record = past_end[0]
+        count = record.total_pages
+        message = (
+            f"{_place(item, questions_file)}: evidence page {page} of {item.doc} is past the "
+            f"end of the document, which has {count} page{'s' if count != 1 else ''} "
+            f"(1 to {count})"
+        )
+        others = list(
+            dict.fromkeys(
+                _place(i, None) if questions_file is None else f"line {i.line}"
+                for i, _, _ in past_end
+                if i is not item
+            )
+        )
+        if others:
+            listed = ", ".join(others[:_LISTED])
+            more = f" and {len(others) - _LISTED} more" if len(others) > _LISTED else ""
+            message += f"; also past the end: {listed}{more}"
+        raise EvidencePageError(
+            message + ". Fix evidence_pages in the questions file: they are page numbers "
+            "of the question's doc, counted from 1",
+            questions_file=questions_file,
+            line=item.line,
+            doc=item.doc,
+            page=page,
+            page_count=count,
+        )
+    if not not_stored:
+        return []
+    listed = "; ".join(not_stored[:_LISTED])
+    more = f"; and {len(not_stored) - _LISTED} more" if len(not_stored) > _LISTED else ""
+    return [
+        f"{len(not_stored)} gold page(s) are not in the collection and can only score a "
+        f"miss: {listed}{more}"
+    ]
 
 
 def _filter_for(
@@ -655,14 +741,21 @@ def _filter_for(
 def _run_config(
     rag: PageRAG, spec: CollectionSpec, run: RunConfig, *, ks: tuple[int, ...], scope: Scope
 ) -> dict[str, Any]:
-    """What the run is attributed to: model, mode, pooling, storage, k."""
+    """What the run is attributed to: model (and its exact weights), mode, pooling, storage, k.
+
+    ``model`` says when the weights are the random stand-in; ``model_fingerprint``
+    and ``model_source`` are the weights recorded in the collection.
+    """
     retrieval = rag.config.retrieval
     requested = run.mode or retrieval.mode
     # The mode ``search`` will really use ("auto" depends on the collection size).
     _, prefetch = rag._plan(spec, cast(Mode, requested), max(ks))
     effective = "two_stage" if prefetch else "exact"
+    identity = spec.identity
     config: dict[str, Any] = {
-        "model": spec.model,
+        "model": spec.model_label,
+        "model_fingerprint": None if identity is None else identity.fingerprint,
+        "model_source": None if identity is None else identity.source,
         "collection": spec.name,
         "mode": effective if requested == effective else f"{requested}->{effective}",
         "pooling": "+".join(spec.pooled) if spec.pooled else "none",

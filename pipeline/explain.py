@@ -416,7 +416,7 @@ def explain_hit(
             f"similarity maps are unavailable for {spec.name}: it has no fixed patch grid to "
             f"draw on. Use a model with one ({_grid_models()})."
         )
-    collection = rag._open(create=False)
+    collection = rag._open(create=False, weights=True)
     rag._check_model(collection)
     store = rag.store
     vectors = store.page_vectors([point_id]).get(point_id)

@@ -31,7 +31,7 @@ import datetime as dt
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -48,8 +48,15 @@ from pipeline.errors import (
 )
 from pipeline.pooling import pool_page
 from pipeline.render import PageFailure, RenderPlan, jpeg_to_image
-from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
-from pipeline.types import CollectionSpec, DocumentRecord, Page, PagePoint, page_point_id
+from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, paths_payload
+from pipeline.types import (
+    CollectionSpec,
+    DocumentRecord,
+    Page,
+    PageFilter,
+    PagePoint,
+    page_point_id,
+)
 
 __all__ = [
     "FileOutcome",
@@ -114,13 +121,19 @@ class IngestReport:
 
     @property
     def ok(self) -> bool:
+        """No file failed and no stored document lacks pages that failed.
+
+        A document skipped because it is stored incomplete with failed pages
+        keeps the run from being ok, as its first run did: the store is still
+        missing those pages (``--retry-incomplete`` or a changed limit redoes it).
+        """
         return not self.interrupted and all(
-            o.status in ("ingested", "skipped") for o in self.outcomes
+            o.status in ("ingested", "skipped") and not o.failed_pages for o in self.outcomes
         )
 
     @property
     def exit_code(self) -> int:
-        """0 when every file is ingested or unchanged, 1 when some failed."""
+        """0 when every file is ingested or unchanged and whole, 1 otherwise."""
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +177,7 @@ class _DocState:
     failures: list[PageFailure] = field(default_factory=list)
     render_done: bool = False
     render_error: PageRAGError | None = None
+    redo_note: str | None = None  # why a stored, incomplete version is being redone
 
     @property
     def stored(self) -> int:
@@ -178,6 +192,7 @@ class _DocEnd:
 
 
 _STOP = object()
+_UNKNOWN = object()  # a limit a completion mark did not record (written by older pagerag)
 
 
 class _Fatal(Exception):
@@ -207,6 +222,8 @@ class IngestJob:
         store_images: bool = True,
         metadata: dict[str, str] | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
+        limits: Mapping[str, Any] | None = None,
+        retry_incomplete: bool = False,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -221,6 +238,11 @@ class IngestJob:
         self.store_images = store_images
         self.metadata = dict(metadata or {})
         self.progress = progress
+        # The render settings in force (LIMIT_KEYS): recorded in completion marks;
+        # a document stored incomplete under other values is redone.
+        self.limits = dict(limits or {})
+        self.retry_incomplete = retry_incomplete
+        self._aliases: dict[Path, str] = {}
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
         self._fatal: PageRAGError | None = None
@@ -237,9 +259,20 @@ class IngestJob:
         """Stop after the batch in flight (SIGINT/SIGTERM handlers call this)."""
         self.stop_event.set()
 
-    def run(self, files: Sequence[Path], *, failed: Sequence[FileOutcome] = ()) -> IngestReport:
-        """Ingest ``files`` (already discovered); ``failed`` are outcomes found earlier."""
+    def run(
+        self,
+        files: Sequence[Path],
+        *,
+        failed: Sequence[FileOutcome] = (),
+        aliases: Mapping[Path, str] | None = None,
+    ) -> IngestReport:
+        """Ingest ``files`` (already discovered); ``failed`` are outcomes found earlier.
+
+        ``aliases`` maps a resolved file to the path the user gave for it
+        (a symlink), stored beside the resolved one.
+        """
         started = time.monotonic()
+        self._aliases = dict(aliases or {})
         self._files_total = len(files) + len(failed)
         pages: queue.Queue[Any] = queue.Queue(maxsize=self.queue_pages)
         points: queue.Queue[Any] = queue.Queue(maxsize=max(2, self.queue_pages // self.embed_batch))
@@ -344,6 +377,12 @@ class IngestJob:
         if first != path:
             # Same bytes under another name in this very job: one document id, so
             # one set of pages; rendering it twice would interleave their pages.
+            # What this path held before is another version: it goes.
+            try:
+                removed = self._reconcile(path, document_id)
+            except StoreError as exc:
+                self._set_fatal(exc)
+                return
             self._finish(
                 index,
                 FileOutcome(
@@ -352,34 +391,28 @@ class IngestJob:
                     document_id=document_id,
                     reason="duplicate",
                     message=f"same content as {first}, ingested by this job",
+                    replaced=removed,
                     seconds=time.monotonic() - started,
                 ),
             )
             return
         try:
             existing = self.store.get_document(document_id)
+            redo_note = self._redo_note(existing)
+            if existing is not None and redo_note is None:
+                self._finish(index, self._skip(path, existing, started))
+                return
         except StoreError as exc:
             self._set_fatal(exc)
             return
-        if existing is not None:
-            note = "unchanged since the last run"
-            if existing.source != str(path):
-                note = f"same content already ingested from {existing.source}"
-            self._finish(
-                index,
-                FileOutcome(
-                    path=str(path),
-                    status="skipped",
-                    document_id=document_id,
-                    total_pages=existing.total_pages,
-                    reason="unchanged",
-                    message=note,
-                    seconds=time.monotonic() - started,
-                ),
-            )
-            return
 
-        state = _DocState(path=path, document_id=document_id, started=started, file_bytes=size)
+        state = _DocState(
+            path=path,
+            document_id=document_id,
+            started=started,
+            file_bytes=size,
+            redo_note=redo_note,
+        )
         try:
             state.plan = self.renderer.open(
                 path, password=self.password_for(path), cancel=self.stop_event
@@ -423,6 +456,89 @@ class IngestJob:
             state.render_error = InputError(path, f"unexpected rendering failure: {exc!r}")
         state.render_done = True
         self._put(pages, (index, _DocEnd(state)), force=True)
+
+    def _redo_note(self, existing: DocumentRecord | None) -> str | None:
+        """Why a stored version must be redone (None: keep it).
+
+        A whole document is never redone. An incomplete one is, when asked
+        (``retry_incomplete``) or when a setting that can cut a document short
+        changed since it was stored: it would come out differently now.
+        """
+        if existing is None or existing.is_complete:
+            return None
+        stored = f"stored with {existing.page_count} of {existing.total_pages} pages"
+        if self.retry_incomplete:
+            return f"redone ({stored}, --retry-incomplete)"
+        changed = [
+            f"render.{key} {existing.limits.get(key)} → {value}"
+            for key, value in sorted(self.limits.items())
+            if existing.limits.get(key, _UNKNOWN) != value
+        ]
+        if not changed:
+            return None
+        return f"redone ({stored}; changed since: {', '.join(changed)})"
+
+    def _skip(self, path: Path, existing: DocumentRecord, started: float) -> FileOutcome:
+        """Outcome of a file whose bytes are stored already; reconciles its path.
+
+        The bytes may be stored under this path (unchanged), or under another
+        path that still holds them (a copy: kept there, as one clean run would
+        keep it under the first path). If that other path no longer holds
+        them, the file was moved or renamed: the stored document is relabelled
+        to this path, no re-embedding. Either way, any other version stored
+        under this path (an old version a crash left behind, the content it
+        had before) is removed: one path, one version.
+        """
+        alias = self._aliases.get(path)
+        note = "unchanged since the last run"
+        if str(path) not in existing.paths and (alias is None or alias not in existing.paths):
+            if self._still_holds(existing):
+                note = f"same content already ingested from {existing.source}"
+            else:
+                fields = {**paths_payload(str(path), alias), "file_name": path.name}
+                self.store.set_payload(existing.document_id, fields)
+                note = f"moved from {existing.source}: relabelled, not re-embedded"
+        removed = self._reconcile(path, existing.document_id)
+        if self.metadata and dict(existing.metadata) != self.metadata:
+            self.store.set_payload(existing.document_id, {"meta": self.metadata})
+            note += "; metadata updated"
+        reason = "unchanged"
+        if not existing.is_complete:
+            reason = "incomplete"
+            note = (
+                f"stored incomplete ({existing.incomplete}: {existing.page_count} of "
+                f"{existing.total_pages} pages) and the settings are the same; "
+                "rerun with --retry-incomplete to redo it, or raise the limit that cut it short"
+            )
+        return FileOutcome(
+            path=str(path),
+            status="skipped",
+            document_id=existing.document_id,
+            total_pages=existing.total_pages,
+            reason=reason,
+            message=note,
+            failed_pages=list(existing.failed_pages),
+            replaced=removed,
+            seconds=time.monotonic() - started,
+        )
+
+    def _still_holds(self, record: DocumentRecord) -> bool:
+        """Whether ``record``'s own path still has its bytes (hashes it: rare path)."""
+        try:
+            return self.hash_file(Path(record.source)) == record.document_id
+        except OSError:
+            return False
+
+    def _reconcile(self, path: Path, keep: str) -> list[str]:
+        """Delete every version stored under ``path`` but ``keep``, marked or not."""
+        alias = self._aliases.get(path)
+        found: set[str] = set()
+        for name in {str(path), alias} - {None}:
+            found |= self.store.document_ids(PageFilter(source=name))
+        removed = sorted(found - {keep})
+        for old_id in removed:
+            self.store.delete_document(old_id)
+        return removed
 
     def _put(self, q: queue.Queue[Any], item: Any, *, force: bool = False) -> bool:
         while True:
@@ -519,11 +635,11 @@ class IngestJob:
         if self.spec.pooled:
             pooled = pool_page(vectors, self.embedder.spec)
             named.update({name: pooled[name] for name in self.spec.pooled})
+        identity = self.spec.identity
         payload: dict[str, Any] = {
             "kind": KIND_PAGE,
             "document_id": page.document_id,
-            "source": page.source,
-            "source_dirs": source_dirs(page.source),
+            **paths_payload(page.source, self._aliases.get(Path(page.source))),
             "file_name": Path(page.source).name,
             "page": page.page_number,
             "page_count": page.page_count,
@@ -531,7 +647,10 @@ class IngestJob:
             "height": page.height,
             "dpi": page.dpi,
             "ingested_at": now,
-            "model": self.spec.model,
+            # the label says "stand-in" for random test weights; the fingerprint
+            # names the exact weights (as in the collection manifest)
+            "model": self.spec.model_label,
+            "model_fingerprint": None if identity is None else identity.fingerprint,
             "meta": self.metadata,
         }
         if self.store_images:
@@ -621,6 +740,13 @@ class IngestJob:
                 if n not in done
             )
         failed_pages = sorted({f.page_number for f in state.failures})
+        incomplete: str | None = None
+        if isinstance(state.render_error, InputError):
+            incomplete = state.render_error.reason  # e.g. timeout: broke off midway
+        elif failed_pages:
+            incomplete = "page_errors"
+        elif plan and plan.truncated:
+            incomplete = "truncated"
         record = DocumentRecord(
             document_id=state.document_id,
             source=str(state.path),
@@ -628,22 +754,22 @@ class IngestJob:
             page_count=state.stored,
             total_pages=plan.total_pages if plan else state.stored,
             ingested_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            model=self.spec.model,
+            model=self.spec.model_label,
             bytes=state.file_bytes,
             failed_pages=tuple(failed_pages),
             metadata=self.metadata,
+            incomplete=incomplete,
+            limits=self.limits,
+            source_alias=self._aliases.get(state.path),
         )
         try:
             self.store.flush()
+            # An earlier attempt (killed, or under other limits) may have stored
+            # pages this one did not: they must not outlive it.
+            self.store.prune_pages(state.document_id, state.stored_pages)
             self.store.mark_complete(record)
             # Only now that the new version is complete may older ones go.
-            replaced = [
-                old.document_id
-                for old in self.store.documents(source=str(state.path))
-                if old.document_id != state.document_id
-            ]
-            for old_id in replaced:
-                self.store.delete_document(old_id)
+            replaced = self._reconcile(state.path, state.document_id)
         except StoreError as exc:
             self._set_fatal(exc)
             self._finish(
@@ -655,20 +781,26 @@ class IngestJob:
             outcome = self._outcome(
                 state,
                 "partial",
-                reason="page_errors",
+                reason=incomplete or "page_errors",
                 message=f"{len(failed_pages)} page(s) failed ({_ranges(failed_pages)}): "
                 f"{state.failures[-1].error.detail}",
             )
-        elif plan and plan.total_pages > plan.page_count:
+        elif plan and plan.truncated:
             outcome = self._outcome(
                 state,
                 "ingested",
                 reason="truncated",
                 message=f"truncated to the first {plan.page_count} of {plan.total_pages} pages "
-                "(render.max_pages)",
+                "(render.max_pages); raise render.max_pages and rerun to add the rest",
             )
         else:
             outcome = self._outcome(state, "ingested")
+        if state.redo_note:
+            outcome.message = (
+                state.redo_note
+                if outcome.message is None
+                else f"{outcome.message} [{state.redo_note}]"
+            )
         outcome.replaced = replaced
         self._finish(index, outcome)
 
@@ -683,7 +815,7 @@ class IngestJob:
         if (
             error is None
             and self.stop_event.is_set()
-            and state.stored + len(state.failures) < expected
+            and (state.plan is None or state.stored + len(state.failures) < expected)
         ):
             return "interrupted", "interrupted before all pages were stored; rerun to resume"
         if state.stored == 0:

@@ -21,6 +21,10 @@ class ModelSpec:
     ``patch_grid`` is ``(rows, cols)`` of the image-patch tokens, which occupy
     output rows ``[patch_offset, patch_offset + rows*cols)``; ``None`` when the
     model tiles images adaptively and has no fixed grid (no pooling then).
+    ``weight_files`` are the model files fastembed loads besides the
+    tokenizer/config JSON (its ``model_file`` and ``additional_files``): what
+    :mod:`pipeline.fingerprint` hashes, so the weights of an
+    ``embedding.model_path`` are identified without importing fastembed.
     """
 
     name: str
@@ -31,6 +35,7 @@ class ModelSpec:
     size_gb: float
     license: str
     notes: str
+    weight_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -61,6 +66,7 @@ MODELS: dict[str, ModelSpec] = {
             patch_offset=0,
             size_gb=6.5,
             license="Gemma",
+            weight_files=("model.onnx", "model.onnx_data"),
             notes="PaliGemma-3B based; ~6 TFLOP per page: tens of seconds per page on CPU, "
             "0.08-0.4 s on a GPU.",
         ),
@@ -72,6 +78,7 @@ MODELS: dict[str, ModelSpec] = {
             patch_offset=0,
             size_gb=1.0,
             license="MIT",
+            weight_files=("model_v2.onnx", "processor_config.json"),
             notes="ModernVBERT based, smaller and faster than ColPali; no fixed patch grid, "
             "so pooled two-stage retrieval and similarity maps are unavailable.",
         ),

@@ -197,7 +197,7 @@ def reindex_collection(
     the collection must have been filled by that model.
     """
     spec = rag._open(create=False)
-    rag._check_model(spec)
+    rag._check_model(spec, weights=False)  # pooling reads stored vectors: no weights needed
     return reindex_pooled(rag.store, rag.embedder.spec, batch=batch, progress=progress)
 
 

@@ -65,10 +65,16 @@ ProblemKind = Literal["not_found", "no_match", "no_supported_files", "not_a_file
 
 @dataclass(frozen=True, order=True)
 class SourceFile:
-    """One input file: absolute resolved path and its size in bytes at discovery."""
+    """One input file: absolute resolved path and its size in bytes at discovery.
+
+    ``given`` is the absolute path as the user named it (or as the folder walk
+    reached it) when that differs from the resolved one — a symlink — so the
+    store can answer to both.
+    """
 
     path: Path
     size: int
+    given: str | None = None
 
     @property
     def name(self) -> str:
@@ -134,7 +140,9 @@ class _Collector:
         if resolved in self._seen:
             return False
         self._seen.add(resolved)
-        self.files.append(SourceFile(resolved, resolved.stat().st_size))
+        given = os.path.abspath(path)
+        alias = given if given != str(resolved) else None
+        self.files.append(SourceFile(resolved, resolved.stat().st_size, alias))
         return True
 
     def walk(self, root: Path, label: str) -> int:

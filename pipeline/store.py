@@ -17,15 +17,19 @@ Everything lives in *one* Qdrant collection so that every deployment
   written only after all its pages are durably stored — the crash-safe
   completion mark that makes reruns skip finished files and redo half-written
   ones (deterministic point ids make the redo overwrite, never duplicate);
-* one vectorless **collection point** (``kind="collection"``) recording the
-  model and vector layout, checked on every open.
+* one vectorless **collection point** (``kind="collection"``, the manifest)
+  recording the model, the weights that made its vectors (source and
+  fingerprint, see :mod:`pipeline.fingerprint`) and the vector layout,
+  checked on every open.
 
 Vectorless points are never returned by vector search.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline.errors import StoreError
@@ -33,6 +37,7 @@ from pipeline.types import (
     CollectionSpec,
     DocumentRecord,
     Float16Array,
+    ModelIdentity,
     PageFilter,
     PagePoint,
     ScoredPage,
@@ -47,13 +52,19 @@ __all__ = [
     "KIND_PAGE",
     "MANIFEST_SCHEMA_VERSION",
     "PageStore",
+    "adopt_identity",
     "check_manifest_version",
     "manifest_payload",
+    "paths_payload",
     "record_from_payload",
     "record_to_payload",
     "source_dirs",
     "spec_from_manifest",
+    "weights_problem",
+    "weights_remedy",
 ]
+
+log = logging.getLogger(__name__)
 
 KIND_PAGE = "page"
 KIND_DOCUMENT = "document"
@@ -84,6 +95,19 @@ def manifest_payload(spec: CollectionSpec, *, engine: str) -> dict[str, Any]:
         "on_disk": spec.on_disk,
         "distance": "Dot",
         "comparator": "max_sim",
+        **_identity_payload(spec.identity),
+    }
+
+
+def _identity_payload(identity: ModelIdentity | None) -> dict[str, Any]:
+    # Absent (not null) without an identity: the layout of manifests written
+    # before weights were fingerprinted, which an opening for ingest adopts.
+    if identity is None:
+        return {}
+    return {
+        "model_source": identity.source,
+        "model_fingerprint": identity.fingerprint,
+        "model_stand_in": identity.stand_in,
     }
 
 
@@ -107,7 +131,82 @@ def spec_from_manifest(name: str, manifest: Mapping[str, Any]) -> CollectionSpec
         datatype=manifest.get("datatype", "float16"),
         quantization=manifest.get("quantization", "none"),
         on_disk=bool(manifest.get("on_disk", False)),
+        identity=_identity_from_manifest(manifest),
     )
+
+
+def _identity_from_manifest(manifest: Mapping[str, Any]) -> ModelIdentity | None:
+    fingerprint = manifest.get("model_fingerprint")
+    if not fingerprint:
+        return None  # written before pagerag fingerprinted weights
+    return ModelIdentity(
+        name=str(manifest["model"]),
+        source=str(manifest.get("model_source", "unknown")),
+        fingerprint=str(fingerprint),
+        stand_in=bool(manifest.get("model_stand_in", False)),
+    )
+
+
+def weights_problem(recorded: CollectionSpec | None, wanted: CollectionSpec) -> str | None:
+    """Why the vectors of ``recorded`` cannot be mixed with ``wanted``'s weights, or None.
+
+    Only weights of one model name are compared (another model is its own
+    problem). No identity on either side means nothing to compare: ``wanted``
+    without one is an opening that reads only; ``recorded`` without one
+    predates fingerprints and takes the wanted identity (see the adapters).
+    """
+    if recorded is None or recorded.identity is None or wanted.identity is None:
+        return None
+    if (
+        recorded.model != wanted.model
+        or recorded.identity.fingerprint == wanted.identity.fingerprint
+    ):
+        return None
+    return (
+        f"its vectors were made by {recorded.identity.describe()}, but the configured weights "
+        f"are {wanted.identity.describe()}; vectors of different weights cannot be compared, "
+        "so pagerag never mixes them in one collection"
+    )
+
+
+def adopt_identity(recorded: CollectionSpec, wanted: CollectionSpec) -> CollectionSpec:
+    """``recorded`` taking ``wanted``'s weights when it predates fingerprints, else unchanged.
+
+    A manifest written before pagerag fingerprinted weights cannot say which
+    weights made its vectors. The first opening that will write or search
+    with known weights (same model name) adopts them, with a warning: refusing
+    every such collection would strand them, and in the usual case they were
+    indeed made by the weights still configured.
+    """
+    if recorded.identity is not None or wanted.identity is None or recorded.model != wanted.model:
+        return recorded
+    log.warning(
+        "collection %r records no fingerprint of the weights that made its vectors (it was "
+        "written by an older pagerag); assuming they are the configured weights, %s, and "
+        "recording those from now on. If its pages were embedded with other weights, re-ingest "
+        "them into a new collection (another store.collection).",
+        recorded.name,
+        wanted.identity.describe(),
+    )
+    return replace(recorded, identity=wanted.identity)
+
+
+def weights_remedy(recorded: CollectionSpec | None, wanted: CollectionSpec) -> str:
+    """What to append to the fix of a :func:`weights_problem` ("" when there is none).
+
+    Besides a new collection or re-ingesting (which re-embeds every page), the
+    way back to the weights that filled the collection. ``pagerag reindex``
+    only derives pooled vectors from stored ones: it cannot re-embed.
+    """
+    if recorded is None or recorded.identity is None or not weights_problem(recorded, wanted):
+        return ""
+    source = recorded.identity.source
+    back = (
+        "unset embedding.model_path to use the hub weights that filled it"
+        if source.startswith("hub:")
+        else f"set embedding.model_path back to {source}, the weights that filled it"
+    )
+    return f"; or {back} (`pagerag reindex` does not re-embed pages)"
 
 
 def source_dirs(source: str) -> list[str]:
@@ -123,12 +222,27 @@ def source_dirs(source: str) -> list[str]:
     return dirs
 
 
+def paths_payload(source: str, alias: str | None) -> dict[str, Any]:
+    """The payload fields that place a point under its path(s).
+
+    ``source`` is the resolved path; ``source_alias`` the path as the user
+    gave it when that differs (a symlink), so deleting or filtering by
+    either finds the document. ``source_dirs`` holds the folders above both.
+    """
+    dirs = source_dirs(source)
+    fields: dict[str, Any] = {"source": source}
+    if alias and alias != source:
+        fields["source_alias"] = alias
+        dirs += [d for d in source_dirs(alias) if d not in dirs]
+    fields["source_dirs"] = dirs
+    return fields
+
+
 def record_to_payload(record: DocumentRecord) -> dict[str, Any]:
     return {
         "kind": KIND_DOCUMENT,
         "document_id": record.document_id,
-        "source": record.source,
-        "source_dirs": source_dirs(record.source),
+        **paths_payload(record.source, record.source_alias),
         "file_name": record.file_name,
         "page_count": record.page_count,
         "total_pages": record.total_pages,
@@ -136,22 +250,34 @@ def record_to_payload(record: DocumentRecord) -> dict[str, Any]:
         "model": record.model,
         "bytes": record.bytes,
         "failed_pages": list(record.failed_pages),
+        "incomplete": record.incomplete,
+        "limits": dict(record.limits),
         "meta": dict(record.metadata),
     }
 
 
 def record_from_payload(payload: dict[str, Any]) -> DocumentRecord:
+    failed = tuple(payload.get("failed_pages", ()))
+    page_count = int(payload["page_count"])
+    total = int(payload.get("total_pages", page_count))
+    incomplete = payload.get("incomplete")
+    if "incomplete" not in payload and (failed or page_count < total):
+        # Marks written before pagerag recorded why: infer it, limits unknown.
+        incomplete = "page_errors" if failed else "truncated"
     return DocumentRecord(
         document_id=payload["document_id"],
         source=payload["source"],
         file_name=payload["file_name"],
-        page_count=int(payload["page_count"]),
-        total_pages=int(payload.get("total_pages", payload["page_count"])),
+        page_count=page_count,
+        total_pages=total,
         ingested_at=payload["ingested_at"],
         model=payload["model"],
         bytes=int(payload.get("bytes", 0)),
-        failed_pages=tuple(payload.get("failed_pages", ())),
+        failed_pages=failed,
         metadata=dict(payload.get("meta", {})),
+        incomplete=incomplete,
+        limits=dict(payload.get("limits") or {}),
+        source_alias=payload.get("source_alias"),
     )
 
 
@@ -164,8 +290,11 @@ class PageStore(Protocol):
 
         Raises ``CollectionMismatchError`` (with how to fix it) when the
         existing collection has another model, dimension, vector name,
-        distance or comparator; ``CollectionNotFoundError`` when it is missing
-        and ``create`` is false.
+        distance or comparator, or was filled by other weights than
+        ``spec.identity`` (a different fingerprint; :func:`weights_problem`);
+        ``CollectionNotFoundError`` when it is missing and ``create`` is
+        false. ``spec.identity`` None checks no weights (reading); a manifest
+        without an identity takes ``spec.identity`` (:func:`adopt_identity`).
         """
         ...
 
@@ -193,8 +322,33 @@ class PageStore(Protocol):
         """Completed documents, all or those stored from exactly ``source``."""
         ...
 
+    def document_ids(self, where: PageFilter) -> set[str]:
+        """Ids of every document with a point (page or mark) matching ``where``.
+
+        Unlike :meth:`documents` this sees documents without a completion
+        mark too (a killed job's pages): what reconciling a path and deleting
+        by path or folder need, so nothing stays behind unlisted.
+        """
+        ...
+
     def delete_document(self, document_id: str) -> int:
         """Remove a document's pages (complete or partial) and its mark; returns pages removed."""
+        ...
+
+    def prune_pages(self, document_id: str, keep: Collection[int]) -> int:
+        """Delete the document's page points whose page number is not in ``keep``.
+
+        A redo that stores fewer pages than an earlier attempt (a lowered
+        render.max_pages, a page that now fails) must not leave the earlier
+        attempt's pages behind. Returns how many were removed.
+        """
+        ...
+
+    def set_payload(self, document_id: str, fields: Mapping[str, Any]) -> None:
+        """Set top-level payload ``fields`` on every point of a document (pages and mark).
+
+        For what changes without re-embedding: user metadata, a moved file's path.
+        """
         ...
 
     def search(

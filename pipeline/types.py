@@ -18,10 +18,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "LIMIT_KEYS",
     "Answer",
     "CollectionSpec",
     "DocumentRecord",
     "Float16Array",
+    "ModelIdentity",
     "Page",
     "PageFilter",
     "PageHit",
@@ -82,11 +84,49 @@ class PagePoint:
 
 
 @dataclass(frozen=True)
+class ModelIdentity:
+    """The exact weights behind a model name: what vectors are comparable with.
+
+    ``source`` says where the files came from (``hub:<repo>@<revision>`` for
+    the fastembed/Hugging Face cache, else the local directory);
+    ``fingerprint`` is a short hash of the files (:mod:`pipeline.fingerprint`):
+    vectors made by different fingerprints must never share a collection.
+    ``stand_in`` marks random test weights, which ``label`` then says.
+    """
+
+    name: str
+    source: str
+    fingerprint: str
+    stand_in: bool = False
+
+    @property
+    def label(self) -> str:
+        """The model as shown to people: the name, unless these are stand-in weights."""
+        return f"{self.name} (stand-in, random weights)" if self.stand_in else self.name
+
+    def describe(self) -> str:
+        """The label, fingerprint and source, for messages."""
+        return f"{self.label} [weights {self.fingerprint} from {self.source}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "stand_in": self.stand_in,
+        }
+
+
+@dataclass(frozen=True)
 class CollectionSpec:
     """How a collection must look; checked against an existing one on open.
 
     ``pooled`` maps pooled vector names to their count per page (e.g. rows
     and columns of the patch grid) and is empty for exact-only collections.
+    ``identity`` is the weights that fill it; ``None`` in a spec to open with
+    means "do not check the weights" (reading commands), and in a recorded
+    spec that the collection predates weight fingerprints.
     """
 
     name: str
@@ -97,14 +137,31 @@ class CollectionSpec:
     datatype: Literal["float16", "float32"] = "float16"
     quantization: Literal["none", "scalar", "binary"] = "none"
     on_disk: bool = False
+    identity: ModelIdentity | None = None
+
+    @property
+    def model_label(self) -> str:
+        """The model as shown to people (says so when the weights are a stand-in)."""
+        return self.identity.label if self.identity is not None else self.model
+
+
+# Settings that can cut a document short. Recorded in its completion mark so a
+# rerun knows when a document stored incomplete would now come out differently.
+LIMIT_KEYS = ("max_pages", "timeout_s", "max_page_pixels", "max_poppler_mb", "dpi")
 
 
 @dataclass(frozen=True)
 class DocumentRecord:
-    """A document whose pages are all durably stored (the completion mark)."""
+    """The completion mark: the job is done with this document's pages.
+
+    "Done" is not always "whole": ``incomplete`` names why pages are missing
+    (``truncated`` by render.max_pages, a ``timeout``, ``page_errors``) and
+    ``limits`` the render settings in force, so a rerun with other settings
+    (or ``--retry-incomplete``) redoes it instead of skipping it.
+    """
 
     document_id: str
-    source: str
+    source: str  # the resolved absolute path
     file_name: str
     page_count: int  # pages stored
     total_pages: int  # pages the file has (greater when truncated by render.max_pages)
@@ -113,22 +170,45 @@ class DocumentRecord:
     bytes: int  # file size
     failed_pages: tuple[int, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
+    incomplete: str | None = None  # truncated, timeout, page_errors, …; None when whole
+    limits: Mapping[str, Any] = field(default_factory=dict)  # LIMIT_KEYS -> value in force
+    source_alias: str | None = None  # the path as given when it differs (a symlink)
+
+    @property
+    def is_complete(self) -> bool:
+        return (
+            self.incomplete is None
+            and not self.failed_pages
+            and self.page_count >= self.total_pages
+        )
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path the document answers to (resolved, and as given)."""
+        return (self.source,) if not self.source_alias else (self.source, self.source_alias)
 
 
 @dataclass(frozen=True)
 class PageFilter:
     """Restricts a search. All given conditions must hold.
 
-    ``source_prefix`` matches a whole source path or any folder above it.
-    ``metadata`` matches user metadata attached with ``ingest --meta k=v``.
+    ``source_prefix`` matches a whole source path or any folder above it;
+    ``source`` only that exact file (by its resolved path or the path given
+    at ingest). ``metadata`` matches user metadata from ``ingest --meta k=v``.
     """
 
     document_ids: tuple[str, ...] = ()
     source_prefix: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    source: str | None = None
 
     def is_empty(self) -> bool:
-        return not self.document_ids and self.source_prefix is None and not self.metadata
+        return (
+            not self.document_ids
+            and self.source_prefix is None
+            and self.source is None
+            and not self.metadata
+        )
 
 
 @dataclass(frozen=True)

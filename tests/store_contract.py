@@ -20,6 +20,7 @@ from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
 from pipeline.types import (
     CollectionSpec,
     DocumentRecord,
+    ModelIdentity,
     PageFilter,
     PagePoint,
     page_point_id,
@@ -221,6 +222,36 @@ class PageStoreContract:
         message = str(info.value)
         assert words in message
         assert "collection" in message.lower()
+
+    def test_other_weights_of_the_same_model_are_refused(self, make_store: StoreFactory) -> None:
+        weights = ModelIdentity(name=SPEC.model, source="/models/a", fingerprint="a" * 16)
+        filled = CollectionSpec(**{**SPEC.__dict__, "identity": weights})
+        make_store(filled).close()
+        same = CollectionSpec(
+            **{**SPEC.__dict__, "identity": ModelIdentity(SPEC.model, "/copy/a", "a" * 16)}
+        )
+        make_store(same).close()  # same fingerprint from elsewhere: the same weights
+        reader = make_store(SPEC)  # no identity: a reading open checks no weights
+        assert reader.spec() == filled
+        reader.close()
+        other = ModelIdentity(name=SPEC.model, source="/models/b", fingerprint="b" * 16)
+        with pytest.raises(CollectionMismatchError) as info:
+            make_store(CollectionSpec(**{**SPEC.__dict__, "identity": other}))
+        message = str(info.value)
+        for words in ("a" * 16, "b" * 16, "/models/b", "store.collection", "re-embed"):
+            assert words in message
+        assert "set embedding.model_path back to /models/a" in message
+
+    def test_a_manifest_without_weights_adopts_the_first_ones(
+        self, make_store: StoreFactory
+    ) -> None:
+        make_store(SPEC).close()  # the manifest an older pagerag wrote
+        weights = ModelIdentity(name=SPEC.model, source="hub:x@1", fingerprint="c" * 16)
+        filled = CollectionSpec(**{**SPEC.__dict__, "identity": weights})
+        make_store(filled).close()
+        again = make_store(SPEC)
+        assert again.spec() == filled
+        again.close()
 
     def test_open_without_create_on_missing_collection(self, make_store: StoreFactory) -> None:
         with pytest.raises(CollectionNotFoundError):

@@ -69,7 +69,12 @@ def test_ingest_status_search_ask_delete(env, docs: Path) -> None:
     assert code == 0
     status = json.loads(out)
     assert (status["documents"], status["pages"]) == (2, 11)
-    assert status["model"] == "Qdrant/colpali-v1.3-fp16"
+    # the stand-in's vectors never pass for the real model's
+    assert status["model"] == "Qdrant/colpali-v1.3-fp16 (stand-in, random weights)"
+    assert status["model_stand_in"] is True
+    assert status["model_source"] == str(Path(env["PAGERAG_EMBEDDING__MODEL_PATH"]).resolve())
+    assert len(status["model_fingerprint"]) == 16
+    assert status["configured_model"] == "Qdrant/colpali-v1.3-fp16"
     assert status["bytes_on_disk"] > 0
     per_option = status["vector_bytes_per_page"]["options"]
     assert per_option["float32"] > per_option["scalar"] > per_option["binary"]
@@ -158,3 +163,36 @@ def test_ask_stream_without_a_vlm_prints_the_pages_and_how_to_configure(env, doc
     assert code == 0
     assert "vlm.base_url" in out
     assert "pages sent" in out
+
+
+def test_ctrl_c_stops_then_a_second_one_aborts_saying_how_to_resume(
+    env, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handlers `ingest` installs: SIGINT/SIGTERM request a stop; a second SIGINT aborts."""
+    import signal
+
+    from pipeline.api import PageRAG, _stop_on_signals
+
+    stops: list[int] = []
+    with _stop_on_signals(lambda: stops.append(1), enabled=True):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # a second SIGTERM only asks again
+    assert stops == [1, 1]
+    stops.clear()
+    with _stop_on_signals(lambda: stops.append(1), enabled=True):
+        signal.raise_signal(signal.SIGINT)
+        assert stops == [1]
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert stops == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+    def second_ctrl_c(self: PageRAG, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # what the handler raises inside the job
+
+    monkeypatch.setattr(PageRAG, "ingest", second_ctrl_c)
+    result = CliRunner().invoke(app, ["ingest", str(docs)], env=env)
+    assert result.exit_code == 130
+    assert "aborted: pages stored so far are kept; rerun the same command to resume" in (
+        result.stderr
+    )

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,20 @@ from pydantic import SecretStr
 from connectors.openai_vlm import OpenAIAnswerer
 from pipeline import PageRAG
 from pipeline.config import PageRAGConfig, VLMConfig, load_config
-from pipeline.errors import ConfigError, InputError, QueryError, VLMNotConfiguredError
+from pipeline.errors import (
+    ConfigError,
+    EvidencePageError,
+    InputError,
+    QueryError,
+    VLMNotConfiguredError,
+)
 from pipeline.eval_runner import (
     EvalProgress,
     RunConfig,
     run_comparison,
     run_eval,
 )
+from pipeline.evaluate import load_questions
 from pipeline.testing.fakes import FakeEmbedder
 from pipeline.types import PageHit
 
@@ -162,12 +170,14 @@ def test_known_rankings_give_hand_computed_metrics(
     report = result.retrieval
     per = {q.id: q for q in report.questions}
     assert per["q1"].metrics == pytest.approx(
-        {"recall@1": 0.0, "recall@3": 1.0, "ndcg@1": 0.0, "ndcg@3": 0.5, "mrr": 1 / 3}
-    )
+        {"recall@1": 0.0, "recall@3": 1.0, "hit@1": 0.0, "hit@3": 1.0,
+         "ndcg@1": 0.0, "ndcg@3": 0.5, "mrr": 1 / 3}
+    )  # fmt: skip
     ndcg3_q2 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
     assert per["q2"].metrics == pytest.approx(
-        {"recall@1": 0.5, "recall@3": 1.0, "ndcg@1": 1.0, "ndcg@3": ndcg3_q2, "mrr": 1.0}
-    )
+        {"recall@1": 0.5, "recall@3": 1.0, "hit@1": 1.0, "hit@3": 1.0,
+         "ndcg@1": 1.0, "ndcg@3": ndcg3_q2, "mrr": 1.0}
+    )  # fmt: skip
     assert per["q3"].metrics is None
     assert per["q3"].excluded == "unanswerable"
     assert per["q4"].metrics == pytest.approx(dict.fromkeys(per["q1"].metrics, 0.0))
@@ -184,6 +194,8 @@ def test_known_rankings_give_hand_computed_metrics(
         {
             "recall@1": 0.5 / 3,
             "recall@3": 2 / 3,
+            "hit@1": 1 / 3,  # q2's first page is one of its two gold pages
+            "hit@3": 2 / 3,
             "ndcg@1": 1 / 3,
             "ndcg@3": (0.5 + ndcg3_q2) / 3,
             "mrr": (1 / 3 + 1) / 3,
@@ -203,7 +215,79 @@ def test_known_rankings_give_hand_computed_metrics(
     assert config["dtype"] == "float16"
     assert config["quantization"] == "none"
     assert config["scope"] == "document"
-    json.dumps(result.to_dict())
+    assert result.warnings == ()
+    assert json.loads(json.dumps(result.to_dict()))["warnings"] == []
+
+
+def test_a_gold_page_beyond_the_document_stops_the_run_naming_the_line(
+    rag: PageRAG, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rag.ingest([docs])  # a.pdf has 3 pages, b.pdf 5
+    calls = patch_search(monkeypatch, rag)
+    rows = [
+        {"id": "ok", "question": "first", "doc": "a.pdf", "evidence_pages": [3]},
+        {"id": "past-end", "question": "second", "doc": "b.pdf", "evidence_pages": [2, 6]},
+        {"id": "also", "question": "third", "doc": "a.pdf", "evidence_pages": [4]},
+    ]
+    questions = write_jsonl(docs / "gold.jsonl", rows)
+    with pytest.raises(EvidencePageError) as info:
+        run_eval(rag, questions, ks=(1, 3), ingest=False)
+    error = info.value
+    assert isinstance(error, ConfigError)  # a usage error: exit code 2
+    message = str(error)
+    assert message.startswith(f"{questions}:2:")
+    assert "page 6" in message
+    assert "b.pdf" in message
+    assert "has 5 pages" in message
+    assert "line 3" in message  # the other bad line is named too
+    where = (error.questions_file, error.line, error.doc, error.page, error.page_count)
+    assert where == (str(questions), 2, "b.pdf", 6, 5)
+    assert calls == []  # refused before any question was searched
+
+    # Questions handed in as objects have no file: the question id names the place.
+    items = [replace(item, line=0) for item in load_questions(questions)][1:2]
+    with pytest.raises(EvidencePageError, match=r"question 'past-end'.*has 5 pages"):
+        run_eval(rag, items, docs_dir=docs, ks=(1,), ingest=False)
+
+
+def test_gold_pages_that_were_not_stored_are_a_warning(
+    docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(
+        environ={},
+        overrides={
+            "store": {"path": str(tmp_path / "data")},
+            "render": {"dpi": 40, "max_pages": 2},  # a.pdf is cut to its first 2 of 3 pages
+        },
+    )
+    with PageRAG(config, embedder=FakeEmbedder()) as rag:
+        rag.ingest([docs])
+        patch_search(monkeypatch, rag)
+        rows = [{"id": "cut", "question": "first", "doc": "a.pdf", "evidence_pages": [3]}]
+        result = run_eval(rag, write_jsonl(docs / "cut.jsonl", rows), ks=(1,), ingest=False)
+    (warning,) = result.warnings
+    assert "page 3 of a.pdf" in warning
+    assert "render.max_pages" in warning
+    assert result.retrieval.overall.means["recall@1"] == 0.0  # still scored, as a miss
+    assert result.to_dict()["warnings"] == [warning]
+
+
+def test_top_pages_one_after_the_gold_page_warn_of_a_0_based_file(
+    rag: PageRAG, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rag.ingest([docs])
+    for i, page in enumerate((2, 3, 4, 5)):  # b.pdf: the true page, ranked first
+        monkeypatch.setitem(RANKED, f"s{i}", [("b.pdf", page), ("b.pdf", 1)])
+    patch_search(monkeypatch, rag)
+    rows = [  # ... written down 0-based: one less
+        {"id": f"s{i}", "question": f"s{i}", "doc": "b.pdf", "evidence_pages": [page - 1]}
+        for i, page in enumerate((2, 3, 4, 5))
+    ]
+    result = run_eval(rag, write_jsonl(docs / "zero.jsonl", rows), ks=(1, 3), ingest=False)
+    (warning,) = result.warnings
+    assert "4 of 4" in warning
+    assert "numbers pages from 0" in warning
+    assert result.retrieval.warnings == (warning,)
 
 
 def test_collection_scope_searches_everything_with_the_user_filter(
@@ -410,6 +494,7 @@ def check_corpus_run(result: Any, rows: list[dict[str, Any]], ks: tuple[int, ...
     assert report.overall.count == len(rows) - unanswerable - no_evidence
     assert set(report.overall.means) == {
         *(f"recall@{k}" for k in ks),
+        *(f"hit@{k}" for k in ks),
         *(f"ndcg@{k}" for k in ks),
         "mrr",
     }
@@ -424,12 +509,17 @@ def check_corpus_run(result: Any, rows: list[dict[str, Any]], ks: tuple[int, ...
     assert sum(s.count for s in report.by_category.values()) == report.overall.count
     recalls = [report.overall.means[f"recall@{k}"] for k in ks]
     assert recalls == sorted(recalls)  # recall never drops as k grows
+    for k in ks:  # a question with any gold page found counts fully for hit@k
+        assert report.overall.means[f"hit@{k}"] >= report.overall.means[f"recall@{k}"]
     for q in report.questions:
         # Per-document scope: every page comes from the question's own document.
         assert {doc for doc, _ in q.retrieved} <= {q.doc}
         assert len(q.retrieved) == len(set(q.retrieved)) == max(ks)  # every doc has >= 10 pages
     assert result.skipped == {}
-    assert report.config["model"] == "Qdrant/colpali-v1.3-fp16"
+    assert result.warnings == ()  # a correct 1-based file raises no 0-based alarm
+    # the stand-in says it is one, and the run names the exact weights it searched
+    assert report.config["model"] == "Qdrant/colpali-v1.3-fp16 (stand-in, random weights)"
+    assert len(report.config["model_fingerprint"]) == 16
     assert report.config["pooling"] == "rows+cols"
     data = json.loads(json.dumps(result.to_dict()))
     assert data["retrieval"]["evaluated"] == report.overall.count
@@ -468,7 +558,7 @@ def test_comparison_of_exact_and_two_stage(
     assert compared.a.label == "A: exact"
     assert compared.b.label == "B: two_stage,prefetch_k=12"
     assert len(comparison.questions) == len(rows)  # unanswerable ones agree or not, too
-    names = ["recall@1", "recall@5", "ndcg@1", "ndcg@5", "mrr"]
+    names = ["recall@1", "recall@5", "hit@1", "hit@5", "ndcg@1", "ndcg@5", "mrr"]
     assert list(comparison.overall) == names
     for name, delta in comparison.overall.items():
         assert delta.a == pytest.approx(compared.a.retrieval.overall.means[name])

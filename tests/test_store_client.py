@@ -732,7 +732,7 @@ def test_page_filter_translation() -> None:
     assert isinstance(must[1].match, qm.MatchAny)  # type: ignore[union-attr]
     source = must[2]
     assert isinstance(source, qm.Filter)
-    assert [c.key for c in source.should] == ["source", "source_dirs"]  # type: ignore[union-attr]
+    assert [c.key for c in source.should] == ["source", "source_alias", "source_dirs"]  # type: ignore[union-attr]
     assert {c.match.value for c in source.should} == {"/data"}  # type: ignore[union-attr]
 
 

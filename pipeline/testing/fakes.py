@@ -3,6 +3,8 @@
 ``FakeEmbedder`` follows the ColPali layout (32×32 patch grid + 6 text tokens,
 128 dims, float16) and derives each patch vector from that patch's pixels, so
 pages that look alike score alike and a page's own patches retrieve it.
+Its :meth:`~FakeEmbedder.identity` is a stand-in's when it is given the spec
+of a real registered model, so nothing it stores claims to be that model.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from pipeline.models import ModelSpec
-from pipeline.types import Float16Array
+from pipeline.models import MODELS, ModelSpec
+from pipeline.types import Float16Array, ModelIdentity
 
 __all__ = ["FAKE_SPEC", "FakeEmbedder"]
 
@@ -90,3 +92,14 @@ class FakeEmbedder:
 
     def query_token_limit(self) -> int:
         return 64
+
+    def identity(self) -> ModelIdentity:
+        """Fixed per spec: the fake's "weights" are derived from the spec and one seed."""
+        spec = self._spec
+        layout = f"{spec.name}|{spec.dim}|{spec.tokens_per_page}|{spec.patch_grid}|seed=1234"
+        return ModelIdentity(
+            name=spec.name,
+            source=f"{__name__}.FakeEmbedder",
+            fingerprint=hashlib.sha256(layout.encode()).hexdigest()[:16],
+            stand_in=spec.name in MODELS,
+        )

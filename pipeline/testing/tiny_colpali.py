@@ -26,6 +26,9 @@ It honours the ONNX contract fastembed relies on (see ENVIRONMENT.md):
 Token ids go through ``Mod`` into a 1021-row table instead of a 257153-row
 one, which keeps the model tiny. The weights are random: the vectors mean
 nothing, and retrieval quality measured with this model is meaningless.
+``config.json`` says so (key ``pagerag_stand_in``), and pagerag reports
+collections it filled as "stand-in, random weights", never as the real model.
+Different seeds give different weights, and collections tell them apart.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.fingerprint import STAND_IN_KEY
 
 __all__ = [
     "HIDDEN_DIM",
@@ -217,7 +222,9 @@ def _json_files() -> dict[str, dict[str, Any]]:
         },
         "config.json": {
             "model_type": "pagerag_tiny_colpali",
-            "pagerag_stand_in": (
+            # pipeline.fingerprint.is_stand_in looks for this key: collections filled
+            # by this model say "stand-in, random weights" instead of the real name.
+            STAND_IN_KEY: (
                 f"random-weight stand-in for {MODEL_NAME} built by "
                 "pipeline.testing.tiny_colpali for offline tests; useless for quality"
             ),
