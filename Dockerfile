@@ -23,7 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# poppler-utils: pdfinfo/pdftoppm render the PDF pages. pipeline/render.py runs them
+# poppler-utils: pdfinfo/pdftoppm render the PDF pages. pipeline/ingest/render.py runs them
 # directly (no pdf2image), under prlimit from util-linux, which the base image has.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends poppler-utils \

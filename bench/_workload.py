@@ -50,9 +50,9 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
+from pipeline.embed.pooling import POOLED_VECTORS, pool_page
 from pipeline.models import ModelSpec
-from pipeline.pooling import POOLED_VECTORS, pool_page
-from pipeline.store import KIND_PAGE, source_dirs
+from pipeline.retrieve.store import KIND_PAGE, source_dirs
 from pipeline.types import CollectionSpec, PagePoint, page_point_id
 
 __all__ = [
@@ -133,7 +133,7 @@ def embed_real_pages(
     from connectors.fastembed import FastEmbedColPali
     from pipeline.config import EmbeddingConfig, RenderConfig
     from pipeline.errors import InputError
-    from pipeline.render import Renderer, jpeg_to_image
+    from pipeline.ingest.render import Renderer, jpeg_to_image
     from pipeline.testing.tiny_colpali import build
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

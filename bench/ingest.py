@@ -72,7 +72,7 @@ def raw_pdftoppm(files: list[Path], dpi: int) -> float:
 
 def render_only(files: list[Path], dpi: int) -> float:
     from pipeline.config import RenderConfig
-    from pipeline.render import Renderer
+    from pipeline.ingest.render import Renderer
     from pipeline.types import Page
 
     renderer = Renderer(RenderConfig(dpi=dpi))

@@ -23,7 +23,7 @@ download it. fastembed 0.9.1 gives none of these by itself:
   own copy of the model, which pagerag does not use (one session, batches);
 - nothing tells which weights a model name stands for: :meth:`identity`
   fingerprints the files of the resolved model directory
-  (:mod:`pipeline.fingerprint`) so collections can refuse other weights.
+  (:mod:`pipeline.embed.fingerprint`) so collections can refuse other weights.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import EmbeddingConfig
+from pipeline.embed.fingerprint import CONFIG_FILES, fingerprint_files, is_stand_in
 from pipeline.errors import ModelError, ModelNotAvailableError, OptionalDependencyError
-from pipeline.fingerprint import CONFIG_FILES, fingerprint_files, is_stand_in
 from pipeline.models import ModelSpec, get_model_spec
 from pipeline.types import Float16Array, ModelIdentity
 
@@ -53,7 +53,7 @@ _CONFIG_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config
 
 
 class FastEmbedColPali:
-    """A :class:`pipeline.embed.PageEmbedder` backed by fastembed (ColPali & co).
+    """A :class:`pipeline.embed.protocol.PageEmbedder` backed by fastembed (ColPali & co).
 
     Nothing is imported or loaded in the constructor. The first call that
     needs the model resolves its files (``embedding.model_path``, else the
@@ -157,7 +157,7 @@ class FastEmbedColPali:
         The files are located as the first embedding would locate them
         (``embedding.model_path``, else the fastembed cache, downloading when
         online) but no ONNX session is opened; the large weight file is only
-        sampled (:mod:`pipeline.fingerprint`). For ``embedding.model_path``
+        sampled (:mod:`pipeline.embed.fingerprint`). For ``embedding.model_path``
         and a registered model not even fastembed is imported. Computed once
         per instance. ``source`` is the resolved ``embedding.model_path``, or
         ``hub:<repo>@<revision>`` for a cached hub snapshot; ``stand_in`` is

@@ -52,7 +52,7 @@ except ImportError as exc:  # only a missing langchain-core; a broken install re
         raise
     raise OptionalDependencyError("The LangChain retriever", "langchain", "langchain-core") from exc
 
-from pipeline.answer import SYSTEM_PROMPT, prepare_page_jpeg
+from pipeline.answer.answerer import SYSTEM_PROMPT, prepare_page_jpeg
 from pipeline.api import MAX_K, PageRAG
 from pipeline.types import PageFilter, PageHit
 

@@ -1,8 +1,8 @@
 """Answering through any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama …).
 
-:class:`OpenAIAnswerer` implements :class:`pipeline.answer.Answerer` with the
+:class:`OpenAIAnswerer` implements :class:`pipeline.answer.answerer.Answerer` with the
 ``openai`` client. It only turns the provider-neutral message layout of
-``pipeline.answer`` into the chat-completions wire format and does the I/O;
+``pipeline.answer.answerer`` into the chat-completions wire format and does the I/O;
 prompt, image preparation and citation parsing are shared with every adapter.
 
 Retries are ours (tenacity), not the client's (``max_retries=0``): the
@@ -31,7 +31,7 @@ import openai
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from pipeline.answer import (
+from pipeline.answer.answerer import (
     SYSTEM_PROMPT,
     AnswerChunk,
     AsyncStreamingAnswer,
@@ -122,7 +122,7 @@ def _retry_after(exc: BaseException | None) -> float | None:
 
 
 class OpenAIAnswerer:
-    """:class:`pipeline.answer.Answerer` over the ``openai`` chat-completions API.
+    """:class:`pipeline.answer.answerer.Answerer` over the ``openai`` chat-completions API.
 
     The constructor only stores its arguments; clients are built on first use.
     ``http_client``/``async_http_client`` replace the transport (tests pass an

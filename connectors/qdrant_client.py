@@ -1,9 +1,9 @@
-"""``ClientPageStore``: the :class:`~pipeline.store.PageStore` on a Qdrant server.
+"""``ClientPageStore``: the :class:`~pipeline.retrieve.store.PageStore` on a Qdrant server.
 
 It talks to Qdrant through ``qdrant_client.QdrantClient``: a server or cluster
 at ``store.url`` (gRPC preferred), or the client's in-process ``:memory:``
 mode for throwaway stores and tests. The collection layout is the one the
-``pipeline.store`` docstring describes (page points, vectorless document and
+``pipeline.retrieve.store`` docstring describes (page points, vectorless document and
 collection points in one collection).
 
 Why it looks the way it does:
@@ -62,7 +62,7 @@ from pipeline.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from pipeline.store import (
+from pipeline.retrieve.store import (
     COLLECTION_POINT_ID,
     IMAGE_FIELD,
     KIND_DOCUMENT,
@@ -208,7 +208,7 @@ def _safe_url(url: str) -> str:
 
 
 class ClientPageStore:
-    """A :class:`~pipeline.store.PageStore` backed by ``qdrant_client.QdrantClient``.
+    """A :class:`~pipeline.retrieve.store.PageStore` backed by ``qdrant_client.QdrantClient``.
 
     Construction is cheap and never connects: the client is created on first
     use. Pass ``client`` to share one (e.g. one ``:memory:`` client between
@@ -692,7 +692,7 @@ class ClientPageStore:
                     "collection (store.collection), or search with --mode exact."
                 ) from None
 
-    # ------------------------------------------ in-place reindex (pipeline.reindex)
+    # ------------------------------------------ in-place reindex (pipeline.retrieve.reindex)
 
     def add_vectors(self, names: Sequence[str]) -> None:
         """Create pooled multivectors (not yet in the manifest); existing names are kept."""

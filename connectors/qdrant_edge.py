@@ -9,7 +9,7 @@ under a second (see /work/shared/ENVIRONMENT.md, "Qdrant engines").
 
 Layout on disk: one shard per collection under ``path / collection``, plus a
 lock file ``path / f"{collection}.lock"``. The shard holds the three kinds of
-points described in :mod:`pipeline.store` (pages, document marks, and the
+points described in :mod:`pipeline.retrieve.store` (pages, document marks, and the
 collection manifest).
 
 Design decisions, each forced by how qdrant-edge-py 0.9.0 behaves:
@@ -65,7 +65,7 @@ from pipeline.errors import (
     StoreError,
     StoreInUseError,
 )
-from pipeline.store import (
+from pipeline.retrieve.store import (
     COLLECTION_POINT_ID,
     IMAGE_FIELD,
     KIND_DOCUMENT,
@@ -118,7 +118,7 @@ P = ParamSpec("P")
 
 
 class EdgePageStore:
-    """:class:`pipeline.store.PageStore` on an embedded Qdrant Edge shard.
+    """:class:`pipeline.retrieve.store.PageStore` on an embedded Qdrant Edge shard.
 
     The constructor only records where the data lives; :meth:`open` takes the
     directory lock and loads or creates the shard.
@@ -755,7 +755,7 @@ class EdgePageStore:
             return None
         return vectors if isinstance(vectors, dict) else None
 
-    # ------------------------------------------ in-place reindex (pipeline.reindex)
+    # ------------------------------------------ in-place reindex (pipeline.retrieve.reindex)
 
     def add_vectors(self, names: Sequence[str]) -> None:
         """Create pooled multivectors (not yet in the manifest); existing names are kept."""

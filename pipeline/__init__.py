@@ -11,7 +11,7 @@ and cites them. No OCR, no chunking.
 
 from pipeline.api import PageRAG, Status
 from pipeline.config import PageRAGConfig, load_config
-from pipeline.ingest import FileOutcome, IngestReport
+from pipeline.ingest.job import FileOutcome, IngestReport
 from pipeline.types import Answer, PageFilter, PageHit
 
 __all__ = [

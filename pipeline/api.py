@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config import PageRAGConfig, load_config
-from pipeline.embed import PageEmbedder, identity_of
+from pipeline.embed.pooling import POOLED_VECTORS, supports_pooling
+from pipeline.embed.protocol import PageEmbedder, identity_of
 from pipeline.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     QueryError,
 )
-from pipeline.ingest import FileOutcome, IngestJob, IngestProgress, IngestReport
-from pipeline.pooling import POOLED_VECTORS, supports_pooling
-from pipeline.store import PageStore, weights_problem, weights_remedy
+from pipeline.ingest.job import FileOutcome, IngestJob, IngestProgress, IngestReport
+from pipeline.retrieve.store import PageStore, weights_problem, weights_remedy
 from pipeline.types import (
     LIMIT_KEYS,
     Answer,
@@ -46,9 +46,10 @@ from pipeline.types import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.answer import Answerer, StreamingAnswer
-    from pipeline.explain import Explanation, MapKind
-    from pipeline.render import Renderer
+    from pipeline.answer.answerer import Answerer, StreamingAnswer
+    from pipeline.evaluate.explain import Explanation, MapKind
+    from pipeline.ingest.render import Renderer
+    from pipeline.retrieve.reindex import ReindexProgress, ReindexReport
 
 __all__ = ["PageRAG", "Status", "parse_filter"]
 
@@ -229,7 +230,7 @@ class PageRAG:
     def renderer(self) -> Renderer:
         with self._lock:
             if self._renderer is None:
-                from pipeline.render import Renderer
+                from pipeline.ingest.render import Renderer
 
                 self._renderer = Renderer(self.config.render)
             return self._renderer
@@ -244,7 +245,7 @@ class PageRAG:
 
                     self._answerer = OpenAIAnswerer(self.config.vlm)
                 else:
-                    from pipeline.answer import NoVLMAnswerer
+                    from pipeline.answer.answerer import NoVLMAnswerer
 
                     self._answerer = NoVLMAnswerer()
             return self._answerer
@@ -337,7 +338,7 @@ class PageRAG:
         handle_signals: bool = False,
         retry_incomplete: bool = False,
     ) -> IngestReport:
-        """Ingest files, folders (recursively) and globs; see :mod:`pipeline.ingest`.
+        """Ingest files, folders (recursively) and globs; see :mod:`pipeline.ingest.job`.
 
         With ``handle_signals`` (the CLI sets it) SIGINT/SIGTERM stop the job
         after the batch in flight and the report so far is returned.
@@ -346,7 +347,7 @@ class PageRAG:
         ``retry_incomplete``. ``metadata`` replaces the metadata of files
         already stored, without re-embedding them.
         """
-        from pipeline.sources import PasswordBook, discover, hash_file
+        from pipeline.ingest.sources import PasswordBook, discover, hash_file
 
         discovery = discover(list(inputs), self.config.ingest.extensions)
         missing = [
@@ -606,7 +607,7 @@ class PageRAG:
     ) -> StreamingAnswer:
         """Like :meth:`ask`, but iterate the result for text as the VLM writes it;
         ``.answer`` then gives the final :class:`Answer`."""
-        from pipeline.answer import StreamingAnswer
+        from pipeline.answer.answerer import StreamingAnswer
 
         hits = self.search(question, k, filter=filter, mode=mode)
         if not hits:
@@ -639,13 +640,71 @@ class PageRAG:
         return await self.answerer.aanswer(question, hits)
 
     def explain(
-        self, query: str, hit: PageHit | str, *, kind: MapKind = "contributions"
+        self,
+        query: str,
+        hit: PageHit | str,
+        *,
+        kind: MapKind = "contributions",
+        alpha: float = 0.6,
+        smooth: bool = False,
     ) -> Explanation:
         """Why ``hit`` (or a page point id) matched ``query``: per-patch MaxSim maps and a
-        heatmap over the stored page image. See :func:`pipeline.explain.explain_hit`."""
-        from pipeline.explain import explain_hit
+        heatmap over the stored page image. See :mod:`pipeline.evaluate.explain`."""
+        from pipeline.evaluate.explain import check_explain_request, explain_stored
 
-        return explain_hit(self, query, hit, kind=kind)
+        check_explain_request(self.embedder.spec, query, hit, kind)  # before opening anything
+        collection = self._open(create=False, weights=True)
+        self._check_model(collection)
+        return explain_stored(
+            self.store, self.embedder, query, hit, kind=kind, alpha=alpha, smooth=smooth
+        )
+
+    def explain_page(
+        self,
+        query: str,
+        path: str | Path,
+        page: int,
+        *,
+        kind: MapKind = "contributions",
+        alpha: float = 0.6,
+        smooth: bool = False,
+    ) -> Explanation:
+        """:meth:`explain` for page ``page`` (1-based) of the file ingested from ``path``.
+
+        Raises :class:`~pipeline.errors.QueryError` when the file was never
+        ingested or the page is out of range (or was not stored).
+        """
+        from pipeline.evaluate.explain import find_document, stored_page_id
+
+        given = Path(path).expanduser()
+        try:
+            self._open(create=False)
+        except CollectionNotFoundError:
+            raise QueryError(
+                f"{given} was never ingested (collection {self.config.store.collection!r} does "
+                f"not exist yet): run `pagerag ingest {given}` first"
+            ) from None
+        record = find_document(self.store, given)
+        point_id = stored_page_id(record, page)
+        explanation = self.explain(query, point_id, kind=kind, alpha=alpha, smooth=smooth)
+        return dataclasses.replace(
+            explanation, document_id=record.document_id, source=record.source, page_number=page
+        )
+
+    def reindex_pooled(
+        self,
+        *,
+        batch: int = 64,
+        progress: Callable[[ReindexProgress], None] | None = None,
+    ) -> ReindexReport:
+        """Add the pooled vectors two-stage retrieval needs to the existing collection, in
+        place, from its stored vectors (nothing is embedded; see
+        :mod:`pipeline.retrieve.reindex`). Never creates the collection."""
+        from pipeline.retrieve.reindex import reindex_pooled
+
+        spec = self._open(create=False)
+        self._check_model(spec, weights=False)  # pooling reads stored vectors: no weights needed
+        return reindex_pooled(self.store, self.embedder.spec, batch=batch, progress=progress)
 
 
 def _nothing_found(rag: PageRAG, filter: object) -> Answer:

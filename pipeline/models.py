@@ -23,7 +23,7 @@ class ModelSpec:
     model tiles images adaptively and has no fixed grid (no pooling then).
     ``weight_files`` are the model files fastembed loads besides the
     tokenizer/config JSON (its ``model_file`` and ``additional_files``): what
-    :mod:`pipeline.fingerprint` hashes, so the weights of an
+    :mod:`pipeline.embed.fingerprint` hashes, so the weights of an
     ``embedding.model_path`` are identified without importing fastembed.
     """
 

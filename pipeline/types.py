@@ -89,7 +89,7 @@ class ModelIdentity:
 
     ``source`` says where the files came from (``hub:<repo>@<revision>`` for
     the fastembed/Hugging Face cache, else the local directory);
-    ``fingerprint`` is a short hash of the files (:mod:`pipeline.fingerprint`):
+    ``fingerprint`` is a short hash of the files (:mod:`pipeline.embed.fingerprint`):
     vectors made by different fingerprints must never share a collection.
     ``stand_in`` marks random test weights, which ``label`` then says.
     """

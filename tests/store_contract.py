@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import CollectionMismatchError, CollectionNotFoundError
-from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
+from pipeline.retrieve.store import IMAGE_FIELD, KIND_PAGE, PageStore, source_dirs
 from pipeline.types import (
     CollectionSpec,
     DocumentRecord,

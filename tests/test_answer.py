@@ -23,7 +23,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from connectors.openai_vlm import OpenAIAnswerer, vlm_configured
-from pipeline.answer import (
+from pipeline.answer.answerer import (
     SYSTEM_PROMPT,
     Answerer,
     NoVLMAnswerer,

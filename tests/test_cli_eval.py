@@ -1,6 +1,6 @@
 """``pagerag eval`` / ``pagerag explain`` through Typer, and ``explain_hit`` on a real store.
 
-The CLI runs on an app where :func:`pipeline.cli_eval.register` was called,
+The CLI runs on an app where :func:`pipeline.cli.eval.register` was called,
 with a YAML config pointing at the stand-in ColPali and a temporary embedded
 store. Errors must end with exit code 1 or 2 and one clear line, never a
 traceback.
@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 from pipeline import PageRAG
 from pipeline.config import load_config
 from pipeline.errors import QueryError
-from pipeline.explain import explain_hit, explain_page
 from pipeline.testing.fakes import FAKE_SPEC, FakeEmbedder
 from pipeline.types import page_point_id
 
@@ -35,7 +34,7 @@ DOC = "docs/2310.07609v1.pdf"  # 10 pages, 6 questions (1 unanswerable)
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    from pipeline.cli_eval import register
+    from pipeline.cli.eval import register
 
     made = typer.Typer()
     register(made)
@@ -336,7 +335,7 @@ def test_explain_hit_lights_the_stored_dark_square(
     monkeypatch.setattr(fake_rag.embedder, "embed_query", lambda query: patch)
 
     (hit,) = fake_rag.search("the dark square", k=1)
-    explanation = explain_hit(fake_rag, "the dark square", hit)
+    explanation = fake_rag.explain("the dark square", hit)
     assert tuple(explanation.maps.best_cell[0]) == (ROW, COL)
     assert np.unravel_index(explanation.map.argmax(), explanation.map.shape) == (ROW, COL)
     assert explanation.hit_score == pytest.approx(explanation.maps.score, abs=1e-2)
@@ -344,7 +343,7 @@ def test_explain_hit_lights_the_stored_dark_square(
     assert explanation.source == hit.source
     assert explanation.image.size == explanation.page.size == hit.load_image().size
 
-    by_id = explain_page(fake_rag, "the dark square", page, 1, kind="combined")
+    by_id = fake_rag.explain_page("the dark square", page, 1, kind="combined")
     assert by_id.point_id == point
     assert by_id.kind == "combined"
     assert by_id.document_id == record.document_id
@@ -356,9 +355,9 @@ def test_explain_hit_without_a_patch_grid_or_page_says_why(fake_rag: PageRAG, tm
     page = dark_square_page(tmp_path / "square.png")
     fake_rag.ingest([page])
     with pytest.raises(QueryError, match="not in collection"):
-        explain_hit(fake_rag, "q", page_point_id("0" * 64, 1))
+        fake_rag.explain("q", page_point_id("0" * 64, 1))
     with pytest.raises(QueryError, match="kind must be"):
-        explain_hit(fake_rag, "q", "x", kind="hot")  # type: ignore[arg-type]
+        fake_rag.explain("q", "x", kind="hot")  # type: ignore[arg-type]
 
     no_grid = dataclasses.replace(FAKE_SPEC, name="pagerag/fake-tiled", patch_grid=None)
     config = load_config(environ={}, overrides={"store": {"path": str(tmp_path / "tiled")}})
@@ -366,4 +365,4 @@ def test_explain_hit_without_a_patch_grid_or_page_says_why(fake_rag: PageRAG, tm
         tiled.ingest([page])
         (hit,) = tiled.search("q", k=1)
         with pytest.raises(QueryError, match="no fixed patch grid"):
-            explain_hit(tiled, "q", hit)
+            tiled.explain("q", hit)

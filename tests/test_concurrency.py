@@ -38,8 +38,8 @@ from connectors.qdrant_client import ClientPageStore
 from pipeline import PageRAG, api
 from pipeline.config import PageRAGConfig, load_config
 from pipeline.errors import StoreError, StoreInUseError
-from pipeline.ingest import IngestJob, IngestReport
-from pipeline.render import Renderer
+from pipeline.ingest.job import IngestJob, IngestReport
+from pipeline.ingest.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
 from tests.conftest import Server
 from tests.procs import live_processes

@@ -1,4 +1,4 @@
-"""``pipeline.eval_runner``: the evaluation harness around a real ``PageRAG``.
+"""``pipeline.evaluate.runner``: the evaluation harness around a real ``PageRAG``.
 
 Three layers: hand-chosen rankings through a patched ``search`` check that
 the metrics, filters and document matching arrive intact; the QA corpus on
@@ -32,13 +32,13 @@ from pipeline.errors import (
     QueryError,
     VLMNotConfiguredError,
 )
-from pipeline.eval_runner import (
+from pipeline.evaluate.metrics import load_questions
+from pipeline.evaluate.runner import (
     EvalProgress,
     RunConfig,
     run_comparison,
     run_eval,
 )
-from pipeline.evaluate import load_questions
 from pipeline.testing.fakes import FakeEmbedder
 from pipeline.types import PageHit
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import ConfigError, EvidencePageError
-from pipeline.evaluate import (
+from pipeline.evaluate.metrics import (
     QAItem,
     answer_table,
     compare_runs,

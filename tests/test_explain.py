@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.errors import QueryError
-from pipeline.explain import (
+from pipeline.evaluate.explain import (
     heatmap_layer,
     render_heatmap,
     render_token_maps,

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.config import EmbeddingConfig
-from pipeline.embed import PageEmbedder
+from pipeline.embed.protocol import PageEmbedder
 from pipeline.errors import ModelError, ModelNotAvailableError, OptionalDependencyError
 
 pytest.importorskip("fastembed")

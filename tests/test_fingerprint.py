@@ -25,10 +25,10 @@ from PIL import Image, ImageDraw
 
 from pipeline import PageRAG
 from pipeline.config import EmbeddingConfig, PageRAGConfig, StoreConfig, load_config
+from pipeline.embed.fingerprint import CHUNK, SAMPLES, fingerprint_files, is_stand_in
 from pipeline.errors import CollectionMismatchError, ModelNotAvailableError
-from pipeline.fingerprint import CHUNK, SAMPLES, fingerprint_files, is_stand_in
 from pipeline.models import MODELS
-from pipeline.store import manifest_payload, spec_from_manifest
+from pipeline.retrieve.store import manifest_payload, spec_from_manifest
 from pipeline.testing.fakes import FAKE_SPEC, FakeEmbedder
 from pipeline.types import CollectionSpec, ModelIdentity
 
@@ -186,7 +186,7 @@ def test_a_collection_from_before_fingerprints_adopts_the_weights_with_a_warning
     tmp_path: Path, tiny_model_dir: Path, seed1_dir: Path, page: Path, caplog: Any
 ) -> None:
     from connectors.qdrant_edge import EdgePageStore
-    from pipeline.pooling import POOLED_VECTORS
+    from pipeline.embed.pooling import POOLED_VECTORS
 
     legacy = CollectionSpec(name="pagerag", model=MODEL, dim=128, pooled=POOLED_VECTORS)
     with EdgePageStore(tmp_path / "data", "pagerag") as store:

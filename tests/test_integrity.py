@@ -26,7 +26,7 @@ from connectors.qdrant_edge import EdgePageStore
 from pipeline import PageRAG
 from pipeline.config import PageRAGConfig, load_config
 from pipeline.errors import CollectionNotFoundError, QueryError, RenderTimeoutError, StoreError
-from pipeline.render import Renderer
+from pipeline.ingest.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
 from pipeline.types import DocumentRecord, PageFilter
 

@@ -44,7 +44,7 @@ from connectors.langchain import (
     pages_to_content_blocks,
 )
 from pipeline import PageRAG
-from pipeline.answer import SYSTEM_PROMPT
+from pipeline.answer.answerer import SYSTEM_PROMPT
 from pipeline.config import load_config
 from pipeline.errors import OptionalDependencyError, StoreError
 

@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from connectors.qdrant_client import ClientPageStore
 from connectors.qdrant_edge import EdgePageStore
 from pipeline import PageRAG
-from pipeline.cli_reindex import register
+from pipeline.cli.reindex import register
 from pipeline.config import PageRAGConfig, StoreConfig, load_config
+from pipeline.embed.pooling import POOLED_VECTORS, pool_page
 from pipeline.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -33,14 +34,12 @@ from pipeline.errors import (
     StoreError,
 )
 from pipeline.models import ModelSpec, get_model_spec
-from pipeline.pooling import POOLED_VECTORS, pool_page
-from pipeline.reindex import (
+from pipeline.retrieve.reindex import (
     PooledVectorStore,
     ReindexProgress,
-    reindex_collection,
     reindex_pooled,
 )
-from pipeline.store import PageStore
+from pipeline.retrieve.store import PageStore
 from pipeline.testing.fakes import FAKE_SPEC, FakeEmbedder
 from pipeline.types import CollectionSpec, Float16Array
 
@@ -146,7 +145,7 @@ def test_reindex_writes_pool_page_of_the_stored_vectors_and_records_them(
     make_rag: Callable[..., PageRAG],
 ) -> None:
     rag = make_rag()
-    report = reindex_collection(rag)
+    report = rag.reindex_pooled()
     store = opened(rag)
     assert report.pages == PAGES
     assert report.pages_updated == PAGES
@@ -178,7 +177,7 @@ def test_payloads_and_full_vectors_are_untouched(make_rag: Callable[..., PageRAG
     before = store.page_vectors(ids)
     images = {i: store.page_image(i) for i in ids}
     hits_before = {h.point_id: h.payload for h in rag.search("blue squares", k=PAGES)}
-    reindex_collection(rag)
+    rag.reindex_pooled()
     after = store.page_vectors(ids)
     for point_id in ids:
         np.testing.assert_array_equal(before[point_id], after[point_id])
@@ -189,10 +188,10 @@ def test_payloads_and_full_vectors_are_untouched(make_rag: Callable[..., PageRAG
 
 def test_rerun_is_a_no_op(make_rag: Callable[..., PageRAG]) -> None:
     rag = make_rag()
-    first = reindex_collection(rag)
+    first = rag.reindex_pooled()
     assert not first.no_op
     events: list[ReindexProgress] = []
-    second = reindex_collection(rag, progress=events.append)
+    second = rag.reindex_pooled(progress=events.append)
     assert second.no_op
     assert (second.pages_updated, second.passes, second.recorded) == (0, 0, False)
     assert events == []
@@ -211,7 +210,7 @@ def test_killed_reindex_resumes_and_records_only_when_complete(
         raise Killed
 
     with pytest.raises(Killed):
-        reindex_collection(rag, batch=3, progress=kill_after_first_batch)
+        rag.reindex_pooled(batch=3, progress=kill_after_first_batch)
     store = opened(rag)
     assert isinstance(store, PooledVectorStore)
     assert store.count_pages_missing(POOLED_VECTORS) == PAGES - 3
@@ -224,7 +223,7 @@ def test_killed_reindex_resumes_and_records_only_when_complete(
 
     rag = make_rag(prefetch_k=2)
     events: list[ReindexProgress] = []
-    report = reindex_collection(rag, batch=3, progress=events.append)
+    report = rag.reindex_pooled(batch=3, progress=events.append)
     assert report.pages_updated == PAGES - 3
     assert report.recorded
     assert events[-1].pages_done == events[-1].pages_total == PAGES - 3
@@ -273,7 +272,7 @@ def test_search_modes_before_and_after_reindex(make_rag: Callable[..., PageRAG])
         h.point_id for h in exact_before
     ]
 
-    reindex_collection(rag)
+    rag.reindex_pooled()
 
     exact_after = rag.search("own", k=3, mode="exact")
     two_stage = rag.search("own", k=3, mode="two_stage")
@@ -286,7 +285,7 @@ def test_search_modes_before_and_after_reindex(make_rag: Callable[..., PageRAG])
 
 def test_two_stage_after_reindex_survives_reopen(make_rag: Callable[..., PageRAG]) -> None:
     rag = make_rag()
-    reindex_collection(rag)
+    rag.reindex_pooled()
     rag = make_rag(two_stage_min_pages=0, mode="auto")
     assert len(rag.search("red blocks", k=4)) == 4
     assert len(rag.search("red blocks", k=4, mode="two_stage")) == 4
@@ -323,7 +322,7 @@ def test_model_without_a_patch_grid_is_refused(tmp_path: Path) -> None:
 def test_missing_collection_is_reported(tmp_path: Path) -> None:
     rag = PageRAG(config_for(tmp_path / "empty"), embedder=FakeEmbedder())
     with rag, pytest.raises(CollectionNotFoundError):
-        reindex_collection(rag)
+        rag.reindex_pooled()
 
 
 def test_store_without_in_place_writes_is_refused() -> None:
@@ -346,7 +345,7 @@ def test_reindex_on_qdrant_client_memory_mode(pictures: Path) -> None:
     with PageRAG(config, embedder=FakeEmbedder(), store=store) as rag:
         assert rag.ingest([pictures]).exit_code == 0
         assert isinstance(store, PooledVectorStore)
-        report = reindex_collection(rag)
+        report = rag.reindex_pooled()
         assert report.pages_updated == PAGES
         assert report.recorded
         ids = all_ids(store)
@@ -355,7 +354,7 @@ def test_reindex_on_qdrant_client_memory_mode(pictures: Path) -> None:
         for point_id in ids:
             expected = pool_page(full[point_id], FAKE_SPEC)["rows"]
             np.testing.assert_array_equal(rows[point_id], expected)
-        assert reindex_collection(rag).no_op
+        assert rag.reindex_pooled().no_op
         assert len(rag.search("green", k=3, mode="two_stage")) == 3
 
 

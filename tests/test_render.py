@@ -1,4 +1,4 @@
-"""The rendering stage (pipeline.render) against real files from ../shared/corpus.
+"""The rendering stage (pipeline.ingest.render) against real files from ../shared/corpus.
 
 Small PDFs that the corpus lacks (a non-ASCII password, a known mark on a
 rotated page) are written here by a tiny PDF writer with RC4 encryption,
@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline import render as render_module
+from pipeline.ingest import render as render_module
 from pipeline.config import RenderConfig
 from pipeline.errors import (
     DamagedFileError,
@@ -39,7 +39,7 @@ from pipeline.errors import (
     UnsupportedFileError,
     WrongPasswordError,
 )
-from pipeline.render import (
+from pipeline.ingest.render import (
     PageFailure,
     PopplerNotInstalledError,
     Renderer,
@@ -47,7 +47,7 @@ from pipeline.render import (
     jpeg_to_image,
     sniff_type,
 )
-from pipeline.saslprep import SASLprepError, saslprep
+from pipeline.ingest.saslprep import SASLprepError, saslprep
 from pipeline.types import Page
 from tests.procs import live_processes as _live_processes
 
@@ -787,7 +787,7 @@ def test_poppler_dies_even_when_the_job_is_killed(unique_copy: Any) -> None:
     code = (  # the path goes by environment: a match on the job's own command line would lie
         "import os\n"
         "from pipeline.config import RenderConfig\n"
-        "from pipeline.render import Renderer\n"
+        "from pipeline.ingest.render import Renderer\n"
         "Renderer(RenderConfig(timeout_s=2)).open(os.environ['RENDER_TEST_PDF'])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "RENDER_TEST_PDF": str(looping)}

@@ -1,4 +1,4 @@
-"""Input discovery, file hashing and password lookup (pipeline.sources)."""
+"""Input discovery, file hashing and password lookup (pipeline.ingest.sources)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from pipeline import sources
+from pipeline.ingest import sources
 from pipeline.config import RenderConfig
 from pipeline.errors import ConfigError
-from pipeline.sources import PasswordBook, discover, hash_file
+from pipeline.ingest.sources import PasswordBook, discover, hash_file
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:

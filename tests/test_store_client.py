@@ -46,7 +46,7 @@ from pipeline.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from pipeline.store import COLLECTION_POINT_ID, IMAGE_FIELD, PageStore
+from pipeline.retrieve.store import COLLECTION_POINT_ID, IMAGE_FIELD, PageStore
 from pipeline.types import CollectionSpec, PageFilter, PagePoint
 
 # Pinned: qdrant-client 1.20 supports servers within one minor version.

@@ -29,7 +29,7 @@ from pipeline.errors import (
     StoreError,
     StoreInUseError,
 )
-from pipeline.store import PageStore
+from pipeline.retrieve.store import PageStore
 from pipeline.types import CollectionSpec, PageFilter, PagePoint, page_point_id
 from tests.store_contract import SPEC, PageStoreContract, make_points, maxsim, record
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import PageRAG
 from pipeline.config import PageRAGConfig, load_config
-from pipeline.pooling import POOLED_VECTORS
+from pipeline.embed.pooling import POOLED_VECTORS
 from tests.test_reindex import PAGES, PageQueries, draw_pages, own_patches
 
 ROOT = Path(__file__).resolve().parents[1]

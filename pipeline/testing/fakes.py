@@ -39,7 +39,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 class FakeEmbedder:
-    """A :class:`pipeline.embed.PageEmbedder` without a model.
+    """A :class:`pipeline.embed.protocol.PageEmbedder` without a model.
 
     ``seconds_per_page`` makes each page cost a fixed wall time (benchmarks
     use it to stand in for a slow real model without burning CPU).

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.fingerprint import STAND_IN_KEY
+from pipeline.embed.fingerprint import STAND_IN_KEY
 
 __all__ = [
     "HIDDEN_DIM",
@@ -222,7 +222,7 @@ def _json_files() -> dict[str, dict[str, Any]]:
         },
         "config.json": {
             "model_type": "pagerag_tiny_colpali",
-            # pipeline.fingerprint.is_stand_in looks for this key: collections filled
+            # pipeline.embed.fingerprint.is_stand_in looks for this key: collections filled
             # by this model say "stand-in, random weights" instead of the real name.
             STAND_IN_KEY: (
                 f"random-weight stand-in for {MODEL_NAME} built by "

@@ -26,9 +26,10 @@ ratio, so grid cell ``(r, c)`` covers rows ``r/rows .. (r+1)/rows`` of the
 page height and columns ``c/cols .. (c+1)/cols`` of its width, whatever the
 page shape. :func:`render_heatmap` maps the grid that way onto the page.
 
-:func:`explain_hit` (``rag.explain(query, hit)``) and :func:`explain_page`
-(``pagerag explain``) apply all this to a stored page: its vectors and JPEG
-come from the store, the query is embedded by the collection's model.
+:func:`explain_stored` applies all this to a stored page: its vectors and
+JPEG come from the store, the query is embedded by the collection's model.
+``PageRAG.explain`` / ``PageRAG.explain_page`` (``pagerag explain``) open the
+collection and check the model first.
 
 Only Pillow and numpy are used (no matplotlib): the colour map is a small
 hand-made jet-like ramp, and opacity grows with the value so cold regions
@@ -40,7 +41,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -53,21 +54,22 @@ from pipeline.models import MODELS, ModelSpec
 from pipeline.types import DocumentRecord, PageHit, page_point_id
 
 if TYPE_CHECKING:
-    from pipeline.api import PageRAG
-    from pipeline.store import PageStore
+    from pipeline.embed.protocol import PageEmbedder
+    from pipeline.retrieve.store import PageStore
 
 __all__ = [
     "Explanation",
     "MapKind",
     "SimilarityMaps",
+    "check_explain_request",
     "colorize",
-    "explain_hit",
-    "explain_page",
+    "explain_stored",
     "find_document",
     "heatmap_layer",
     "render_heatmap",
     "render_token_maps",
     "similarity_maps",
+    "stored_page_id",
 ]
 
 MapKind = Literal["contributions", "combined"]
@@ -385,8 +387,9 @@ class Explanation:
         }
 
 
-def explain_hit(
-    rag: PageRAG,
+def explain_stored(
+    store: PageStore,
+    embedder: PageEmbedder,
     query: str,
     hit_or_point_id: PageHit | str,
     *,
@@ -396,37 +399,24 @@ def explain_hit(
 ) -> Explanation:
     """Similarity maps of ``query`` on one stored page, and its heatmap image.
 
-    The page is a :class:`~pipeline.types.PageHit` from ``rag.search`` or a
-    page point id (``page_point_id(document_id, n)``). Its stored vectors and
-    image are read from the store and the query is embedded by the same
-    model, so the map shows the very comparison search made. Raises
+    The page is a :class:`~pipeline.types.PageHit` from a search or a page
+    point id (``page_point_id(document_id, n)``). Its stored vectors and
+    image are read from ``store`` (opened on the collection, whose model the
+    caller checked) and the query is embedded by ``embedder``, so the map
+    shows the very comparison search made. Raises
     :class:`~pipeline.errors.QueryError` when the model has no patch grid,
     the page is not in the collection, or its image was not stored.
     """
-    if kind not in ("contributions", "combined"):
-        raise QueryError(f"kind must be 'contributions' or 'combined', got {kind!r}")
-    if not isinstance(query, str) or not query.strip():
-        raise QueryError("the query is empty: pass the question or words to explain")
+    point_id = check_explain_request(embedder.spec, query, hit_or_point_id, kind)
     hit = hit_or_point_id if isinstance(hit_or_point_id, PageHit) else None
-    point_id = hit.point_id if hit is not None else str(hit_or_point_id)
-
-    spec = rag.embedder.spec
-    if spec.patch_grid is None:  # checked before any store read or query embedding
-        raise QueryError(
-            f"similarity maps are unavailable for {spec.name}: it has no fixed patch grid to "
-            f"draw on. Use a model with one ({_grid_models()})."
-        )
-    collection = rag._open(create=False, weights=True)
-    rag._check_model(collection)
-    store = rag.store
     vectors = store.page_vectors([point_id]).get(point_id)
     if vectors is None:
         raise QueryError(
-            f"page {point_id} is not in collection {collection.name!r}: pass a hit from "
-            "search, or page_point_id(document_id, page) of an ingested page"
+            f"page {point_id} is not in the collection: pass a hit from search, or "
+            "page_point_id(document_id, page) of an ingested page"
         )
     jpeg = _page_jpeg(store, point_id, hit)
-    maps = similarity_maps(rag.embedder.embed_query(query), vectors, spec)
+    maps = similarity_maps(embedder.embed_query(query), vectors, embedder.spec)
     page = Image.open(io.BytesIO(jpeg)).convert("RGB")
     return Explanation(
         query=query,
@@ -442,6 +432,24 @@ def explain_hit(
     )
 
 
+def check_explain_request(
+    spec: ModelSpec, query: str, hit_or_point_id: PageHit | str, kind: str
+) -> str:
+    """The point id to explain; ``QueryError`` before any store read or embedding."""
+    if kind not in ("contributions", "combined"):
+        raise QueryError(f"kind must be 'contributions' or 'combined', got {kind!r}")
+    if not isinstance(query, str) or not query.strip():
+        raise QueryError("the query is empty: pass the question or words to explain")
+    if spec.patch_grid is None:
+        raise QueryError(
+            f"similarity maps are unavailable for {spec.name}: it has no fixed patch grid to "
+            f"draw on. Use a model with one ({_grid_models()})."
+        )
+    if isinstance(hit_or_point_id, PageHit):
+        return hit_or_point_id.point_id
+    return str(hit_or_point_id)
+
+
 def _page_jpeg(store: PageStore, point_id: str, hit: PageHit | None) -> bytes:
     try:
         data = hit.load_jpeg() if hit is not None else store.page_image(point_id)
@@ -455,23 +463,15 @@ def _page_jpeg(store: PageStore, point_id: str, hit: PageHit | None) -> bytes:
     return data
 
 
-def find_document(rag: PageRAG, path: str | os.PathLike[str]) -> DocumentRecord:
+def find_document(store: PageStore, path: str | os.PathLike[str]) -> DocumentRecord:
     """The stored document ingested from ``path``: by its path, else by its content hash.
 
-    Raises :class:`~pipeline.errors.QueryError` saying to ingest it first.
+    ``store`` is opened on the collection. Raises
+    :class:`~pipeline.errors.QueryError` saying to ingest it first.
     """
-    from pipeline.errors import CollectionNotFoundError
-    from pipeline.sources import hash_file
+    from pipeline.ingest.sources import hash_file
 
     given = Path(path).expanduser()
-    try:
-        rag._open(create=False)
-    except CollectionNotFoundError:
-        raise QueryError(
-            f"{given} was never ingested (collection {rag.config.store.collection!r} does not "
-            f"exist yet): run `pagerag ingest {given}` first"
-        ) from None
-    store = rag.store
     for candidate in dict.fromkeys((str(given.resolve()), os.path.abspath(given))):
         records = store.documents(source=candidate)
         if records:
@@ -483,27 +483,13 @@ def find_document(rag: PageRAG, path: str | os.PathLike[str]) -> DocumentRecord:
     elif not given.exists():
         raise QueryError(f"no such file {given}, and no document was ingested from that path")
     raise QueryError(
-        f"{given} is not in collection {rag.config.store.collection!r} (never ingested, or "
-        f"changed since): run `pagerag ingest {given}` first"
+        f"{given} is not in the collection (never ingested, or changed since): "
+        f"run `pagerag ingest {given}` first"
     )
 
 
-def explain_page(
-    rag: PageRAG,
-    query: str,
-    path: str | os.PathLike[str],
-    page: int,
-    *,
-    kind: MapKind = "contributions",
-    alpha: float = 0.6,
-    smooth: bool = False,
-) -> Explanation:
-    """:func:`explain_hit` for page ``page`` (1-based) of the file ingested from ``path``.
-
-    Raises :class:`~pipeline.errors.QueryError` when the file was never
-    ingested or the page is out of range (or was not stored).
-    """
-    record = find_document(rag, path)
+def stored_page_id(record: DocumentRecord, page: int) -> str:
+    """The point id of page ``page`` (1-based) of ``record``; ``QueryError`` when not stored."""
     if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= record.total_pages:
         raise QueryError(
             f"page {page} is out of range: {record.file_name} has {record.total_pages} "
@@ -517,11 +503,4 @@ def explain_page(
             f"{record.page_count + len(record.failed_pages)} of {record.total_pages} pages were "
             "ingested (render.max_pages)"
         )
-    point_id = page_point_id(record.document_id, page)
-    explanation = explain_hit(rag, query, point_id, kind=kind, alpha=alpha, smooth=smooth)
-    return replace(
-        explanation,
-        document_id=record.document_id,
-        source=record.source,
-        page_number=page,
-    )
+    return page_point_id(record.document_id, page)

@@ -73,7 +73,7 @@ Rendering rules:
   and, if it is not ASCII, in PDFDocEncoding (RC4/AES-128 files, whose
   passwords are Latin-1-like bytes), then in its SASLprep form (PDF 2.0's
   rule for AES-256 passwords, which poppler does not apply: see
-  ``pipeline.saslprep``). Poppler only takes passwords on its command line,
+  ``pipeline.ingest.saslprep``). Poppler only takes passwords on its command line,
   so they are visible in the process list while it runs, and it keeps only
   their first 32 bytes.
 
@@ -122,7 +122,7 @@ from pipeline.errors import (
     UnsupportedFileError,
     WrongPasswordError,
 )
-from pipeline.saslprep import SASLprepError, saslprep
+from pipeline.ingest.saslprep import SASLprepError, saslprep
 from pipeline.types import Page
 
 __all__ = [
@@ -307,7 +307,7 @@ def _password_candidates(password: str) -> list[bytes]:
     handlers (R2-R4) take PDFDocEncoding bytes, and tools that do not prepare
     passwords (qpdf) store AES-256 ones as typed. Then its SASLprep form, which
     PDF 2.0 requires for AES-256 (R6) and which poppler 22.12 does not compute
-    (see ``pipeline.saslprep``); in PDFDocEncoding too, which also covers a
+    (see ``pipeline.ingest.saslprep``); in PDFDocEncoding too, which also covers a
     password typed with combining accents on an RC4 file. A password SASLprep
     refuses (control characters, ...) cannot have been prepared by a reader, so
     only the given form is tried. Poppler passes the command-line bytes through

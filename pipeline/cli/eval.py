@@ -1,45 +1,30 @@
 """``pagerag eval`` and ``pagerag explain``: how well the index retrieves, and why a page matched.
 
-Kept out of :mod:`pipeline.cli` so that module stays about the everyday
-commands; :func:`register` adds these two to its app. Exit codes follow the
-rest of the CLI: 0 success, 1 a runtime failure (a document missing or
-failing to ingest, the store or the VLM failing), 2 a usage or configuration
-error (bad option, unknown mode, a file never ingested, a page out of range).
-
-The shared helpers of :mod:`pipeline.cli` (``_rag``, ``_fail`` and its
-consoles) are imported when a command runs, not at import time, so
-``pipeline.cli`` can import this module wherever it likes.
+:func:`register` adds these two to an app. Exit codes follow the rest of
+the CLI: 0 success, 1 a runtime failure (a document missing or failing to
+ingest, the store or the VLM failing), 2 a usage or configuration error (bad
+option, unknown mode, a file never ingested, a page out of range).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
-from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.cli.common import ConfigOpt, JsonOpt, err, fail, make_rag, out
 from pipeline.errors import PageRAGError
 
 if TYPE_CHECKING:
-    from pipeline.eval_runner import ComparisonResult, EvalProgress, EvalResult, Mode, Scope
-    from pipeline.explain import MapKind
+    from pipeline.evaluate.explain import MapKind
+    from pipeline.evaluate.runner import ComparisonResult, EvalProgress, EvalResult, Mode, Scope
 
 __all__ = ["register"]
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="YAML config file (default: $PAGERAG_CONFIG, else built-in defaults).",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
 
 _MAP_KINDS = ("contributions", "combined")
 
@@ -48,12 +33,6 @@ def register(app: typer.Typer) -> None:
     """Add ``eval`` and ``explain`` to the ``pagerag`` app."""
     app.command("eval")(eval_command)
     app.command("explain")(explain_command)
-
-
-def _base() -> ModuleType:
-    from pipeline import cli
-
-    return cli
 
 
 # --------------------------------------------------------------------- eval
@@ -151,9 +130,8 @@ def eval_command(
     its token usage. --compare runs the questions under two configurations and reports the
     metric deltas and how much their top-k pages agree.
     """
-    from pipeline.eval_runner import RunConfig, run_comparison, run_eval
+    from pipeline.evaluate.runner import RunConfig, run_comparison, run_eval
 
-    base = _base()
     ks = _parse_ks(k)
     if compare is not None and (mode is not None or answers):
         raise typer.BadParameter(
@@ -162,11 +140,11 @@ def eval_command(
             param_hint="--compare",
         )
     sides = _parse_compare(compare) if compare is not None else None
-    rag = base._rag(config)
-    show = not quiet and not json_out and base.err.is_terminal
+    rag = make_rag(config)
+    show = not quiet and not json_out and err.is_terminal
     result: EvalResult | ComparisonResult
     try:
-        with rag, _Bar(base.err, enabled=show) as bar:
+        with rag, _Bar(err, enabled=show) as bar:
             if sides is not None:
                 result = run_comparison(
                     rag,
@@ -195,18 +173,18 @@ def eval_command(
                     progress=bar.update if show else None,
                 )
     except PageRAGError as exc:
-        base._fail(exc)
-    _print_warnings(base.err, result)
+        fail(exc)
+    _print_warnings(err, result)
     if json_out:
-        base.out.print_json(json.dumps(result.to_dict(per_question=per_question)))
+        out.print_json(json.dumps(result.to_dict(per_question=per_question)))
     elif hasattr(result, "comparison"):
-        _print_comparison(base.out, cast("ComparisonResult", result), per_question=per_question)
+        _print_comparison(out, cast("ComparisonResult", result), per_question=per_question)
     else:
-        _print_eval(base.out, cast("EvalResult", result), per_question=per_question)
+        _print_eval(out, cast("EvalResult", result), per_question=per_question)
 
 
 def _parse_ks(values: list[str] | None) -> tuple[int, ...]:
-    from pipeline.evaluate import DEFAULT_KS
+    from pipeline.evaluate.metrics import DEFAULT_KS
 
     if not values:
         return DEFAULT_KS
@@ -329,7 +307,7 @@ def _table(out: Any, table: Table) -> None:
 
 
 def _print_eval(out: Any, result: EvalResult, *, per_question: bool) -> None:
-    from pipeline.evaluate import answer_table, retrieval_table
+    from pipeline.evaluate.metrics import answer_table, retrieval_table
 
     _table(out, retrieval_table(result.retrieval))
     if per_question:
@@ -340,7 +318,7 @@ def _print_eval(out: Any, result: EvalResult, *, per_question: bool) -> None:
 
 
 def _print_comparison(out: Any, result: ComparisonResult, *, per_question: bool) -> None:
-    from pipeline.evaluate import comparison_table, retrieval_table
+    from pipeline.evaluate.metrics import comparison_table, retrieval_table
 
     for run in (result.a, result.b):
         _table(out, retrieval_table(run.retrieval, title=f"Page retrieval, {run.label}"))
@@ -424,9 +402,6 @@ def explain_command(
     """
     from PIL import Image
 
-    from pipeline.explain import explain_page
-
-    base = _base()
     if kind not in _MAP_KINDS:
         raise typer.BadParameter(
             f"choose contributions or combined, got {kind!r}", param_hint="--kind"
@@ -436,26 +411,26 @@ def explain_command(
             f"cannot tell the image format from {out_path.name!r}: use .png, .jpg or .webp",
             param_hint="--out",
         )
-    rag = base._rag(config)
+    rag = make_rag(config)
     try:
         with rag:
-            explanation = explain_page(rag, query, file, page, kind=cast("MapKind", kind))
+            explanation = rag.explain_page(query, file, page, kind=cast("MapKind", kind))
     except PageRAGError as exc:
-        base._fail(exc)
+        fail(exc)
     image = explanation.token_sheet() if per_token else explanation.image
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         image.save(out_path)
     except OSError as exc:
-        base.err.print(f"[bold red]error:[/] cannot write {out_path}: {exc.strerror or exc}")
+        err.print(f"[bold red]error:[/] cannot write {out_path}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
     data = explanation.to_dict()
     data |= {"out": str(out_path), "out_size": list(image.size), "per_token": per_token}
     if json_out:
-        base.out.print_json(json.dumps(data))
+        out.print_json(json.dumps(data))
         return
     maps = explanation.maps
-    base.out.print(
+    out.print(
         f"wrote {out_path} ({image.width}×{image.height}): page {page} of {file}, "
         f"MaxSim score {maps.score:.3f} over {len(maps.token_scores)} query tokens, "
         f"{100 * maps.patch_share:.0f}% of it from image patches ({kind} map"

@@ -1,8 +1,7 @@
 """``pagerag reindex --pooled``: add pooled vectors to an existing collection in place.
 
-Kept in its own module so the command can be registered on any Typer app
-(``register(app)``; ``pipeline.cli`` does it for ``pagerag``). Same
-conventions as the other commands: ``--config FILE``, ``--json`` on stdout,
+``register(app)`` adds it to an app (``pipeline.cli`` does it for
+``pagerag``). Same conventions as the other commands: ``--config FILE``, ``--json`` on stdout,
 progress on stderr only on a terminal, exit 0 on success (a rerun with
 nothing left to do included), 1 on a runtime error, 2 on a usage or
 configuration error.
@@ -11,26 +10,16 @@ configuration error.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from pipeline.config import CONFIG_ENV, load_config
-from pipeline.errors import ConfigError, OptionalDependencyError, PageRAGError, QueryError
-from pipeline.reindex import ReindexProgress, ReindexReport
+from pipeline.cli.common import ConfigOpt, err, fail, out
+from pipeline.config import load_config
+from pipeline.errors import PageRAGError
+from pipeline.retrieve.reindex import ReindexProgress, ReindexReport
 
 __all__ = ["register"]
-
-_out = Console(soft_wrap=True)
-_err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(error: PageRAGError) -> NoReturn:
-    code = 2 if isinstance(error, (ConfigError, QueryError, OptionalDependencyError)) else 1
-    _err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,17 +36,9 @@ def reindex(
             "stored full vectors (no re-embedding).",
         ),
     ] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help=f"YAML config file (default: ${CONFIG_ENV}, else built-in defaults).",
-            show_default=False,
-        ),
-    ] = None,
+    config: ConfigOpt = None,
     batch: Annotated[int, typer.Option(help="Pages read and written per batch.", min=1)] = 64,
-    json_out: Annotated[
+    jsonout: Annotated[
         bool, typer.Option("--json", help="Print JSON on stdout instead of a summary.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -69,24 +50,23 @@ def reindex(
     On a finished collection it changes nothing.
     """
     if not pooled:
-        _err.print(
+        err.print(
             "[bold red]error:[/] nothing to do: pass --pooled (the only reindex so far)",
             highlight=False,
         )
         raise typer.Exit(2)
     from pipeline.api import PageRAG
-    from pipeline.reindex import reindex_collection
 
     try:
         rag = PageRAG(load_config(config))
-        with rag, _Progress(not quiet and not json_out and _err.is_terminal) as progress:
-            report = reindex_collection(rag, batch=batch, progress=progress)
+        with rag, _Progress(not quiet and not jsonout and err.is_terminal) as progress:
+            report = rag.reindex_pooled(batch=batch, progress=progress)
     except PageRAGError as exc:
-        _fail(exc)
-    if json_out:
-        _out.print_json(json.dumps(report.to_dict()))
+        fail(exc)
+    if jsonout:
+        out.print_json(json.dumps(report.to_dict()))
     else:
-        _out.print(_summary(report), highlight=False)
+        out.print(_summary(report), highlight=False)
 
 
 def _summary(report: ReindexReport) -> str:
@@ -120,7 +100,7 @@ class _Progress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("pages"),
-            console=_err,
+            console=err,
         )
         self._bar.__enter__()
         self._task = self._bar.add_task("reindex", total=None)

@@ -1,6 +1,6 @@
 """Running an evaluation against a :class:`~pipeline.api.PageRAG`.
 
-:mod:`pipeline.evaluate` holds the pure arithmetic; this module does the I/O
+:mod:`pipeline.evaluate.metrics` holds the pure arithmetic; this module does the I/O
 around it: ingest the QA set's documents, run every question through
 ``search`` (and the VLM), and hand the rankings and answers to
 ``evaluate_retrieval`` / ``evaluate_answers`` / ``compare_runs``.
@@ -33,14 +33,14 @@ Decisions, made once so numbers stay comparable between runs:
   read). A gold page the document has but the collection does not (it failed
   to ingest, or ``render.max_pages`` cut it) is scored as the miss it is, with
   a warning in ``EvalResult.warnings``; so is a file whose gold pages look
-  numbered from 0 (:func:`~pipeline.evaluate.page_shift_warning`).
+  numbered from 0 (:func:`~pipeline.evaluate.metrics.page_shift_warning`).
 * **Answers** are produced from the first ``answer_k`` pages of the same
   ranking that was scored (``retrieval.k`` by default), with the configured
   answerer — what ``ask`` would send, without embedding the question twice.
 * **Comparison** runs the same questions under two :class:`RunConfig` s —
   two modes, two ``retrieval`` overrides (``prefetch_k`` …), or a second
   ``PageRAG`` on another collection (another pooling or quantization) — and
-  reports :func:`~pipeline.evaluate.compare_runs` of the two.
+  reports :func:`~pipeline.evaluate.metrics.compare_runs` of the two.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from pipeline.errors import (
     QueryError,
     VLMNotConfiguredError,
 )
-from pipeline.evaluate import (
+from pipeline.evaluate.metrics import (
     DEFAULT_KS,
     AnswerReport,
     AnswerResult,
@@ -83,7 +83,7 @@ from pipeline.types import Answer, CollectionSpec, DocumentRecord, PageHit
 
 if TYPE_CHECKING:
     from pipeline.api import PageRAG
-    from pipeline.ingest import IngestProgress, IngestReport
+    from pipeline.ingest.job import IngestProgress, IngestReport
 
 __all__ = [
     "ComparisonResult",
@@ -240,7 +240,7 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class ComparisonResult:
-    """Run B against run A: both runs, and :func:`~pipeline.evaluate.compare_runs` of them."""
+    """Run B against run A: both runs, and ``metrics.compare_runs`` of them."""
 
     a: EvalResult
     b: EvalResult
@@ -276,7 +276,7 @@ def run_eval(
 ) -> EvalResult:
     """Evaluate page retrieval (and, with ``answer``, the VLM's answers) on a QA set.
 
-    ``questions`` is a JSONL file (see :func:`~pipeline.evaluate.load_questions`)
+    ``questions`` is a JSONL file (see :func:`~pipeline.evaluate.metrics.load_questions`)
     or already loaded items. ``docs_dir`` is what the ``doc`` fields are
     relative to (default: the questions file's folder, or the current
     directory for loaded items). With ``ingest`` the documents are ingested
@@ -410,7 +410,7 @@ def _check_choice(
 
 
 def _check_answerer(rag: PageRAG) -> None:
-    from pipeline.answer import NoVLMAnswerer
+    from pipeline.answer.answerer import NoVLMAnswerer
 
     if isinstance(rag.answerer, NoVLMAnswerer):
         raise VLMNotConfiguredError(
@@ -546,7 +546,7 @@ def _resolve_documents(
         path = _doc_path(base, doc)
         record = by_source.get(str(path))
         if record is None and path.is_file():
-            from pipeline.sources import hash_file
+            from pipeline.ingest.sources import hash_file
 
             record = by_id.get(hash_file(path))
         if record is None and not path.exists():

@@ -19,7 +19,7 @@ Everything lives in *one* Qdrant collection so that every deployment
   ones (deterministic point ids make the redo overwrite, never duplicate);
 * one vectorless **collection point** (``kind="collection"``, the manifest)
   recording the model, the weights that made its vectors (source and
-  fingerprint, see :mod:`pipeline.fingerprint`) and the vector layout,
+  fingerprint, see :mod:`pipeline.embed.fingerprint`) and the vector layout,
   checked on every open.
 
 Vectorless points are never returned by vector search.

@@ -38,7 +38,8 @@ from typing import Any, Literal, Protocol
 
 from PIL import Image
 
-from pipeline.embed import PageEmbedder
+from pipeline.embed.pooling import pool_page
+from pipeline.embed.protocol import PageEmbedder
 from pipeline.errors import (
     InputError,
     ModelError,
@@ -46,9 +47,8 @@ from pipeline.errors import (
     RenderCancelledError,
     StoreError,
 )
-from pipeline.pooling import pool_page
-from pipeline.render import PageFailure, RenderPlan, jpeg_to_image
-from pipeline.store import IMAGE_FIELD, KIND_PAGE, PageStore, paths_payload
+from pipeline.ingest.render import PageFailure, RenderPlan, jpeg_to_image
+from pipeline.retrieve.store import IMAGE_FIELD, KIND_PAGE, PageStore, paths_payload
 from pipeline.types import (
     CollectionSpec,
     DocumentRecord,
@@ -71,7 +71,7 @@ Status = Literal["ingested", "skipped", "partial", "failed"]
 
 
 class DocumentRenderer(Protocol):
-    """What the job needs from ``pipeline.render.Renderer`` (fakes implement it in tests)."""
+    """What the job needs from ``pipeline.ingest.render.Renderer`` (fakes implement it in tests)."""
 
     def open(
         self, path: Path, *, password: str | None = None, cancel: threading.Event | None = None

@@ -41,7 +41,7 @@ class PageEmbedder(Protocol):
         ...
 
     def identity(self) -> ModelIdentity:
-        """The exact weights in use: name, source and fingerprint (see pipeline.fingerprint).
+        """The exact weights in use: name, source and fingerprint (see pipeline.embed.fingerprint).
 
         Collections record it and refuse other weights. Cheap after the first
         call (cached); needs the model's files, not a loaded model.

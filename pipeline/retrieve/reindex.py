@@ -24,7 +24,7 @@ How it stays safe to kill and rerun:
   collection counts zero missing pages and writes nothing.
 
 The store must implement :class:`PooledVectorStore` on top of
-:class:`~pipeline.store.PageStore` (both adapters in ``connectors/`` do).
+:class:`~pipeline.retrieve.store.PageStore` (both adapters in ``connectors/`` do).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from pipeline.embed.pooling import POOLED_VECTORS, pool_page, supports_pooling
 from pipeline.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -41,19 +42,14 @@ from pipeline.errors import (
     StoreError,
 )
 from pipeline.models import ModelSpec
-from pipeline.pooling import POOLED_VECTORS, pool_page, supports_pooling
-from pipeline.store import PageStore
+from pipeline.retrieve.store import PageStore
 from pipeline.types import CollectionSpec, Float16Array
-
-if TYPE_CHECKING:
-    from pipeline.api import PageRAG
 
 __all__ = [
     "MAX_PASSES",
     "PooledVectorStore",
     "ReindexProgress",
     "ReindexReport",
-    "reindex_collection",
     "reindex_pooled",
 ]
 
@@ -65,7 +61,7 @@ MAX_PASSES = 3
 
 @runtime_checkable
 class PooledVectorStore(PageStore, Protocol):
-    """The writes an in-place reindex needs, beyond :class:`~pipeline.store.PageStore`."""
+    """The writes an in-place reindex needs, beyond :class:`~pipeline.retrieve.store.PageStore`."""
 
     def add_vectors(self, names: Sequence[str]) -> None:
         """Create named multivectors laid out like the full vector (dim, datatype,
@@ -183,22 +179,6 @@ def reindex_pooled(
         recorded=recorded,
         seconds=time.perf_counter() - started,
     )
-
-
-def reindex_collection(
-    rag: PageRAG,
-    *,
-    batch: int = 64,
-    progress: Callable[[ReindexProgress], None] | None = None,
-) -> ReindexReport:
-    """Open ``rag``'s existing collection (never creating it) and :func:`reindex_pooled` it.
-
-    The model is the configured embedder's description (nothing is loaded);
-    the collection must have been filled by that model.
-    """
-    spec = rag._open(create=False)
-    rag._check_model(spec, weights=False)  # pooling reads stored vectors: no weights needed
-    return reindex_pooled(rag.store, rag.embedder.spec, batch=batch, progress=progress)
 
 
 def _check(store: PageStore, spec_model: ModelSpec) -> CollectionSpec:

@@ -1,0 +1,103 @@
+"""What every ``pagerag`` command shares: consoles, common options, errors.
+
+Exit codes: 0 success; 1 some files failed (ingest) or a runtime error
+(store down, VLM failed); 2 usage or configuration error. ``--json`` prints
+machine-readable output on stdout; progress and errors go to stderr, and the
+progress bar appears only on a terminal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from pipeline.config import CONFIG_ENV, load_config
+from pipeline.errors import (
+    ConfigError,
+    OptionalDependencyError,
+    PageRAGError,
+    QueryError,
+)
+
+__all__ = [
+    "ConfigOpt",
+    "DocOpt",
+    "JsonOpt",
+    "K",
+    "MetaOpt",
+    "ModeOpt",
+    "SourceOpt",
+    "err",
+    "fail",
+    "make_rag",
+    "out",
+    "page_filter",
+    "parse_meta",
+]
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help=f"YAML config file (default: ${CONFIG_ENV}, else built-in defaults).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
+
+
+def fail(error: PageRAGError) -> NoReturn:
+    code = 2 if isinstance(error, (ConfigError, QueryError, OptionalDependencyError)) else 1
+    err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def make_rag(config: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
+    from pipeline.api import PageRAG
+
+    try:
+        return PageRAG(load_config(config, overrides=overrides))
+    except PageRAGError as exc:
+        fail(exc)
+
+
+def parse_meta(items: list[str] | None) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--meta")
+        meta[key.strip()] = value
+    return meta
+
+
+def page_filter(
+    source: str | None, document: list[str] | None, meta: list[str] | None
+) -> dict[str, Any] | None:
+    flt: dict[str, Any] = dict(parse_meta(meta))
+    if source:
+        flt["source"] = source
+    if document:
+        flt["document_id"] = list(document)
+    return flt or None
+
+
+K = Annotated[int | None, typer.Option("-k", "--k", help="How many pages (retrieval.k).")]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option(help="exact (full MaxSim scan), two_stage (pooled prefetch + rerank) or auto."),
+]
+SourceOpt = Annotated[
+    str | None, typer.Option(help="Only pages from this file or from files under this folder.")
+]
+DocOpt = Annotated[list[str] | None, typer.Option("--document", help="Only this document id.")]
+MetaOpt = Annotated[
+    list[str] | None, typer.Option("--meta", help="Only pages ingested with --meta KEY=VALUE.")
+]

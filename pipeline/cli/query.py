@@ -1,0 +1,134 @@
+"""``pagerag search`` and ``pagerag ask``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import (
+    ConfigOpt,
+    DocOpt,
+    JsonOpt,
+    K,
+    MetaOpt,
+    ModeOpt,
+    SourceOpt,
+    fail,
+    make_rag,
+    out,
+    page_filter,
+)
+from pipeline.errors import PageRAGError
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(search)
+    app.command()(ask)
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: K = None,
+    mode: ModeOpt = None,
+    source: SourceOpt = None,
+    document: DocOpt = None,
+    meta: MetaOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rank pages by late-interaction similarity to QUERY (no VLM needed)."""
+    rag = make_rag(config)
+    try:
+        with rag:
+            hits = rag.search(query, k, filter=page_filter(source, document, meta), mode=mode)
+    except PageRAGError as exc:
+        fail(exc)
+    if json_out:
+        out.print_json(json.dumps({"query": query, "hits": [_hit_dict(h) for h in hits]}))
+        return
+    if not hits:
+        out.print("no pages matched (is anything ingested? `pagerag status`)")
+        return
+    _print_hits(hits)
+
+
+def _hit_dict(hit: Any) -> dict[str, Any]:
+    return {
+        "score": round(hit.score, 4),
+        "source": hit.source,
+        "page": hit.page_number,
+        "document_id": hit.document_id,
+        "point_id": hit.point_id,
+        "meta": hit.payload.get("meta", {}),
+    }
+
+
+def _print_hits(hits: list[Any]) -> None:
+    table = Table()
+    for column in ("#", "score", "page", "file"):
+        table.add_column(
+            column,
+            justify="right" if column in ("#", "score", "page") else "left",
+            overflow="fold",
+        )
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), f"{hit.score:.3f}", str(hit.page_number), hit.source)
+    out.print(table)
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    k: K = None,
+    stream: Annotated[bool, typer.Option(help="Print the answer as it is written.")] = False,
+    mode: ModeOpt = None,
+    source: SourceOpt = None,
+    document: DocOpt = None,
+    meta: MetaOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Answer QUESTION from the best-matching page images, citing pages.
+
+    Needs a VLM: vlm.base_url (any OpenAI-compatible endpoint: OpenAI, vLLM, Ollama) and/or
+    OPENAI_API_KEY. Without one, prints the retrieved pages and how to configure it.
+    """
+    rag = make_rag(config)
+    flt = page_filter(source, document, meta)
+    try:
+        with rag:
+            if stream and not json_out:
+                streaming = rag.ask_stream(question, k, filter=flt, mode=mode)
+                for delta in streaming:
+                    out.print(delta, end="", markup=False, highlight=False)
+                out.print()
+                answer = streaming.answer
+            else:
+                answer = rag.ask(question, k, filter=flt, mode=mode)
+                if not json_out:
+                    out.print(answer.text, markup=False, highlight=False)
+    except PageRAGError as exc:
+        fail(exc)
+    if json_out:
+        out.print_json(
+            json.dumps(
+                {
+                    "question": question,
+                    "answered": answer.answered,
+                    "answer": answer.text,
+                    "model": answer.model,
+                    "sources": [_hit_dict(h) for h in answer.sources],
+                    "cited": [_hit_dict(h) for h in answer.cited],
+                    "usage": None if answer.usage is None else vars(answer.usage),
+                }
+            )
+        )
+        return
+    if answer.sources:
+        out.print()
+        out.print("[bold]pages sent:[/]")
+        _print_hits(list(answer.sources))
