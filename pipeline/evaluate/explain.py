@@ -411,8 +411,10 @@ def explain_stored(
     hit = hit_or_point_id if isinstance(hit_or_point_id, PageHit) else None
     vectors = store.page_vectors([point_id]).get(point_id)
     if vectors is None:
+        spec = store.spec()
+        where = f"collection {spec.name!r}" if spec is not None else "the collection"
         raise QueryError(
-            f"page {point_id} is not in the collection: pass a hit from search, or "
+            f"page {point_id} is not in {where}: pass a hit from search, or "
             "page_point_id(document_id, page) of an ingested page"
         )
     jpeg = _page_jpeg(store, point_id, hit)
