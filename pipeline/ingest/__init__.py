@@ -2,10 +2,19 @@
 
 * :mod:`~pipeline.ingest.sources` — discover files, folders and globs; hash
   them (sha256 = document id); passwords.
-* :mod:`~pipeline.ingest.render` — the poppler driver: page plans, page
-  images, timeouts, memory caps, passwords, cancellation.
-* :mod:`~pipeline.ingest.job` — the job: render → embed → upsert → mark,
-  overlapped, crash-safe, one outcome per file.
+* :mod:`~pipeline.ingest.poppler` — poppler process control, one driver for
+  every poppler tool: process groups, deadlines, the ``timeout -s KILL``
+  backstop, the ``prlimit`` memory cap, cancellation, work folders.
+* :mod:`~pipeline.ingest.render` — page planning and page images: probe,
+  passwords, DPI and pixel caps, page ranges, image files, errors with advice.
+* The stages, small objects with the logic and no threads or queues:
+  :mod:`~pipeline.ingest.planner` (hash → stored record → skip, redo or
+  reconcile), :mod:`~pipeline.ingest.stages` (render + decode, embed,
+  upsert), :mod:`~pipeline.ingest.completer` (outcome, completion mark,
+  prune, reconcile).
+* :mod:`~pipeline.ingest.job` — the local engine: the stages overlapped on
+  threads and bounded queues, crash-safe, one outcome per file
+  (:mod:`~pipeline.ingest.outcome`).
 """
 
 from pipeline.ingest.job import FileOutcome, IngestJob, IngestProgress, IngestReport

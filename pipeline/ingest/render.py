@@ -41,11 +41,13 @@ Why poppler is driven directly and not through ``pdf2image.convert_from_path``
   were finished, and any other exception while it waits (a signal handler
   raising, say) leaves the poppler process running.
 
-So every poppler run here goes through ``_run_poppler``: its own process
-group, a deadline on the whole run, the group killed on timeout or on any
-exception, and (when coreutils ``timeout`` exists) a ``timeout -s KILL``
-wrapper that still kills poppler if this Python process is itself killed
-with SIGKILL mid-render. ``pdftoppm`` (Splash) is used rather than
+So every poppler run goes through the driver in ``pipeline.ingest.poppler``
+(``Poppler.run``): its own process group, a deadline on the whole run, the
+group killed on timeout, cancellation or any exception, a ``timeout -s KILL``
+backstop that still kills poppler if this Python process is itself killed
+with SIGKILL mid-render, and a ``prlimit --as`` memory cap. This module
+plans (probe, page sizes, DPI, page ranges, passwords) and turns poppler's
+output into pages and errors that say what to do. ``pdftoppm`` (Splash) is used rather than
 ``pdftocairo``: pdftocairo was 1.3–6× faster on some documents but on this
 corpus it looped on one file pdftoppm renders in 0.1 s and failed three others.
 
@@ -91,20 +93,15 @@ import io
 import math
 import os
 import re
-import selectors
 import shlex
-import shutil
-import signal
 import stat
-import subprocess
-import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -116,12 +113,21 @@ from pipeline.errors import (
     InputError,
     PasswordRequiredError,
     PopplerNotInstalledError,
-    RenderCancelledError,
     RenderTimeoutError,
     TooManyPagesError,
     UnsupportedFileError,
     WrongPasswordError,
 )
+from pipeline.ingest.poppler import (
+    Poppler,
+    PopplerRun,
+    password_args,
+    sweep_stale_workdirs,
+    work_folder,
+)
+
+# The process runner each Renderer hands its Poppler driver (tests wrap it to count runs).
+from pipeline.ingest.poppler import run_poppler as _run_poppler
 from pipeline.ingest.saslprep import SASLprepError, saslprep
 from pipeline.types import Page
 
@@ -145,10 +151,6 @@ _SNIFF_BYTES = 1024
 _PDF_MARKER_BYTES = 1 << 20  # how far a file without a header is searched for PDF syntax
 _MAX_JPEG_SIDE = 65_000  # libjpeg refuses more than 65,500 px on a side
 _MAX_PDFINFO_PAGES = 2**31 - 1
-_BACKSTOP_GRACE_S = 2  # the coreutils timeout wrapper fires this much after our own deadline
-_CANCEL_POLL_S = 0.2  # how often a poppler wait looks at the job's stop event
-_STDERR_KEEP = 8192
-_STDOUT_LIMIT = 64 << 20
 _IMAGE_DEFAULT_DPI = 72
 
 
@@ -343,165 +345,7 @@ def _long_password_note(password: str, path: Path) -> str:
     )
 
 
-# --------------------------------------------------------------------------- poppler runs
-
-
-@dataclass(frozen=True)
-class _Run:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-    elapsed: float
-    timed_out: bool
-
-    def stderr_text(self) -> str:
-        return self.stderr.decode("utf-8", "replace")
-
-
-class _Capture:
-    """Keeps the head of a stream up to ``limit`` bytes, and the last ``tail`` bytes."""
-
-    def __init__(self, limit: int, tail: int = 0) -> None:
-        self.limit = limit
-        self.tail_size = tail
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.dropped = 0
-
-    def add(self, data: bytes) -> None:
-        room = self.limit - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.dropped += len(data)
-            if self.tail_size:
-                self.tail = (self.tail + data)[-self.tail_size :]
-
-    def value(self) -> bytes:
-        if not self.dropped:
-            return bytes(self.head)
-        return bytes(self.head) + b"\n[...]\n" + bytes(self.tail)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """End the run's whole process group (wrapper + poppler) and reap it.
-
-    SIGTERM first: poppler dies at once (it installs no handler) and the
-    ``timeout`` wrapper reaps it before exiting, so no zombie is left for
-    init. SIGKILL follows if anything is still alive after a second.
-    """
-    for sig, wait_s in ((signal.SIGTERM, 1.0), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            proc.send_signal(sig)
-        try:
-            proc.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _run_poppler(
-    argv: Sequence[str | bytes],
-    timeout: float,
-    *,
-    backstop: str | None,
-    capture_stdout: bool = False,
-    cancel: threading.Event | None = None,
-    memory_cap: tuple[str, int] | None = None,
-) -> _Run:
-    """Run one poppler command with a hard deadline; never leaves it running.
-
-    ``cancel`` (the job's stop event) is polled a few times a second: when it
-    is set, poppler is killed and ``RenderCancelledError`` raised, so a stop
-    request never waits for a slow page range.
-
-    The process gets its own process group, which is killed on timeout and on
-    any exception (KeyboardInterrupt included): see ``_kill_group``. stdout and stderr are read
-    concurrently (no pipe deadlock) and bounded (a looping file cannot fill
-    memory with error messages).
-    """
-    command: list[str | bytes] = list(argv)
-    if backstop is not None:
-        limit = str(math.ceil(timeout) + _BACKSTOP_GRACE_S)
-        command = [backstop, "-s", "KILL", limit, *command]
-    if memory_cap is not None:  # (prlimit path, bytes): inherited by timeout and poppler
-        command = [memory_cap[0], f"--as={memory_cap[1]}", "--", *command]
-    start = time.monotonic()
-    deadline = start + timeout
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    out = _Capture(_STDOUT_LIMIT)
-    err = _Capture(_STDERR_KEEP, _STDERR_KEEP)
-    timed_out = False
-    cancelled = False
-    tick = _CANCEL_POLL_S if cancel is not None else None
-    try:
-        streams: list[tuple[IO[bytes] | None, _Capture]] = [(proc.stdout, out), (proc.stderr, err)]
-        with selectors.DefaultSelector() as selector:
-            for stream, capture in streams:
-                if stream is not None:
-                    selector.register(stream, selectors.EVENT_READ, capture)
-            while selector.get_map():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                    break
-                for key, _ in selector.select(min(remaining, tick or remaining)):
-                    chunk = os.read(key.fd, 65536)
-                    if chunk:
-                        key.data.add(chunk)
-                    else:
-                        selector.unregister(key.fileobj)
-        if not timed_out and not cancelled:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-    finally:
-        if proc.returncode is None:
-            _kill_group(proc)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-    if cancelled:
-        raise RenderCancelledError("rendering stopped: the job is stopping")
-    returncode = proc.returncode
-    if backstop is not None and returncode >= 128 and not timed_out:
-        returncode = -(returncode - 128)  # the wrapper reports "killed by N" as 128+N
-    return _Run(returncode, out.value(), err.value(), time.monotonic() - start, timed_out)
-
-
-_INCORRECT_PASSWORD = "Incorrect password"
-_NOISE = re.compile(r"^(Syntax Warning|Internal Error|Command Line Error: Wrong page range)")
-
-
-def _poppler_complaint(run: _Run, limit: int = 300) -> str:
-    """The useful part of poppler's stderr, de-duplicated, for an error message."""
-    lines: list[str] = []
-    for line in run.stderr_text().splitlines():
-        line = line.strip()
-        if line and line not in lines:
-            lines.append(line)
-    important = [ln for ln in lines if not _NOISE.match(ln)] or lines
-    text = "; ".join(important[:4])
-    if run.returncode < 0:
-        text = f"poppler crashed (signal {-run.returncode})" + (f": {text}" if text else "")
-    if not text:
-        text = f"poppler exited with status {run.returncode}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+# ------------------------------------------------------------------- reading poppler's output
 
 
 def _repair_hint(path: Path) -> str:
@@ -594,43 +438,6 @@ def fit_dpi(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> int
     return best
 
 
-_WORKDIR_PREFIX = "pagerag-render-"
-
-
-def sweep_stale_workdirs(tmpdir: str | None = None) -> int:
-    """Remove render work folders of processes that no longer exist.
-
-    A job killed with SIGKILL cannot clean up after itself; its folders are
-    named ``pagerag-render-<pid>-…``, so the next renderer to start removes
-    those whose process is gone. Returns how many were removed.
-    """
-    base = tmpdir or tempfile.gettempdir()
-    removed = 0
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return 0
-    for name in names:
-        if not name.startswith(_WORKDIR_PREFIX):
-            continue
-        pid_text = name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
-            continue
-        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-        removed += 1
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def _chunks(pages: Sequence[PagePlan], size: int) -> list[tuple[int, int, int]]:
     """Consecutive runs of pages with the same DPI, at most ``size`` long: (first, last, dpi)."""
     runs: list[tuple[int, int, int]] = []
@@ -682,10 +489,11 @@ def _take(path: str | None) -> bytes | None:
 class Renderer:
     """Renders PDFs (poppler) and image files (Pillow) to JPEG pages.
 
-    The constructor does no I/O; poppler is looked up on the first PDF.
-    ``poppler_path`` is a folder holding ``pdfinfo``/``pdftoppm`` when they
-    are not on PATH. One instance may be shared by threads; for worker
-    processes, pickle it (it only holds its config).
+    The constructor does no I/O beyond sweeping stale work folders; poppler is
+    looked up on the first PDF. ``poppler_path`` is a folder holding
+    ``pdfinfo``/``pdftoppm`` when they are not on PATH. One instance may be
+    shared by threads; for worker processes, pickle it (it holds its config
+    and the poppler driver's tool paths).
     """
 
     def __init__(
@@ -696,11 +504,11 @@ class Renderer:
     ) -> None:
         self.config = config if config is not None else RenderConfig()
         self.poppler_path = None if poppler_path is None else os.fspath(poppler_path)
-        self._tools: dict[str, str] = {}
-        self._backstop: str | Literal[False] | None = False  # False: not looked up yet
-        # The cancel event of the document this thread is rendering (see iter_pages).
-        self._local = threading.local()
-        self._prlimit: str | Literal[False] | None = False  # False: not looked up yet
+        self.poppler = Poppler(
+            poppler_path=self.poppler_path,
+            max_memory_mb=self.config.max_poppler_mb,
+            launch=_run_poppler,
+        )
         sweep_stale_workdirs()
 
     # ----------------------------------------------------------------- public API
@@ -717,27 +525,7 @@ class Renderer:
         ``password`` is only used if the file does not open without one. When
         ``cancel`` is set, poppler is killed and ``RenderCancelledError`` raised.
         """
-        self._local.cancel = cancel
-        try:
-            return self._open(path, password)
-        finally:
-            self._local.cancel = None
-
-    def _open(self, path: str | os.PathLike[str], password: str | None) -> RenderPlan:
-        file = Path(os.path.abspath(os.fspath(path)))
-        try:
-            status = file.stat()
-            if not stat.S_ISREG(status.st_mode):
-                raise UnsupportedFileError(
-                    file, "not a regular file (a folder, device, socket or pipe)"
-                )
-            size = status.st_size
-            with open(file, "rb") as handle:
-                head = handle.read(_SNIFF_BYTES)
-        except FileNotFoundError:
-            raise InputError(file, "file not found (moved or deleted?)") from None
-        except OSError as exc:
-            raise InputError(file, f"cannot read the file: {exc.strerror or exc}") from None
+        file, size, head = _read_head(path)
         limit = self.config.max_file_mb * 1024 * 1024
         if size > limit:
             raise FileTooLargeError(
@@ -747,13 +535,13 @@ class Renderer:
             )
         kind = sniff_type(head)
         if kind == "pdf":
-            return self._open_pdf(file, size, password)
+            return self._open_pdf(file, size, password, cancel)
         if kind in ("png", "jpeg", "tiff"):
-            return self._open_image(file, size)
+            return _open_image(file, size, self.config)
         if kind in _MAYBE_PDF:
             # No %PDF- in the first 1 KB and no other known type. Poppler and pdf.js
             # do not insist on the header (junk before it, or none): let poppler judge.
-            return self._open_pdf(file, size, password, sniffed=kind)
+            return self._open_pdf(file, size, password, cancel, sniffed=kind)
         convertible = kind.startswith(("a ZIP", "an OLE2", "an RTF"))
         hint = "; convert it to PDF first" if convertible else ""
         raise UnsupportedFileError(
@@ -777,19 +565,8 @@ class Renderer:
         no poppler process is alive while a page is yielded.
         """
         if plan.kind == "image":
-            return self._with_cancel(self._image_pages(plan, document_id, source), cancel)
-        return self._with_cancel(self._pdf_pages(plan, document_id, source), cancel)
-
-    def _with_cancel(
-        self, items: Generator[Page | PageFailure, None, None], cancel: threading.Event | None
-    ) -> Generator[Page | PageFailure, None, None]:
-        # A generator runs in the thread that iterates it, so a thread-local
-        # carries this document's cancel event down to each poppler run.
-        self._local.cancel = cancel
-        try:
-            yield from items
-        finally:
-            self._local.cancel = None
+            return _image_pages(plan, document_id, source, self.config)
+        return self._pdf_pages(plan, document_id, source, cancel)
 
     def render(
         self,
@@ -814,109 +591,68 @@ class Renderer:
                 raise item.error
             yield item
 
-    # ----------------------------------------------------------------- poppler
+    # ----------------------------------------------------------------- PDFs
 
-    def _tool(self, name: str) -> str:
-        found = self._tools.get(name)
-        if found is None:
-            found = shutil.which(name, path=self.poppler_path)
-            if found is None:
-                raise PopplerNotInstalledError(name, self.poppler_path)
-            self._tools[name] = found
-        return found
+    def _pdfinfo(
+        self, path: Path, password: bytes | None, budget: float, cancel: threading.Event | None
+    ) -> PopplerRun:
+        limit = self.config.max_pages or _MAX_PDFINFO_PAGES
+        argv = ["pdfinfo", "-f", "1", "-l", str(limit), *password_args(password), str(path)]
+        return self.poppler.run(argv, budget, cancel=cancel, capture_stdout=True)
 
-    def _memory_cap(self) -> tuple[str, int] | None:
-        limit = self.config.max_poppler_mb
-        if limit is None:
-            return None
-        if self._prlimit is False:
-            self._prlimit = shutil.which("prlimit")  # util-linux; without it, no cap
-        return None if self._prlimit is None else (self._prlimit, limit * 2**20)
+    def _unlock(
+        self, path: Path, password: str | None, cancel: threading.Event | None
+    ) -> tuple[PopplerRun, bytes | None, float]:
+        """Probe with no password, then each form of ``password`` (``_password_candidates``).
 
-    def _backstop_tool(self) -> str | None:
-        if self._backstop is False:
-            self._backstop = shutil.which("timeout")
-        return self._backstop
-
-    def _poppler(
-        self, argv: Sequence[str | bytes], timeout: float, *, capture_stdout: bool = False
-    ) -> _Run:
-        try:
-            run = _run_poppler(
-                argv,
-                timeout,
-                backstop=self._backstop_tool(),
-                capture_stdout=capture_stdout,
-                cancel=getattr(self._local, "cancel", None),
-                memory_cap=self._memory_cap(),
+        Returns the ``pdfinfo`` run that opened the file, the password bytes
+        that did (None: none was needed) and the seconds spent.
+        """
+        budget = self.config.timeout_s
+        run = self._pdfinfo(path, None, budget, cancel)
+        spent = run.elapsed
+        if run.timed_out:
+            raise _timeout_error(path, spent, None, None, budget)
+        if not run.password_refused:
+            return run, None, spent
+        if not password:
+            raise PasswordRequiredError(
+                path,
+                "is encrypted with a user password: pass --password or add it to "
+                "render.passwords (or render.password_file)",
             )
-        except FileNotFoundError:
-            raise PopplerNotInstalledError(os.path.basename(os.fsdecode(argv[0]))) from None
-        if run.returncode in (126, 127) and self._backstop_tool() is not None:
-            raise PopplerNotInstalledError(os.path.basename(os.fsdecode(argv[0])))
-        return run
-
-    def _timeout_error(
-        self, path: Path, spent: float, page: int | None, count: int | None
-    ) -> RenderTimeoutError:
-        limit = self.config.timeout_s
-        where = f"at page {page} of {count}" if page is not None else "while opening it"
-        return RenderTimeoutError(
+        for candidate in _password_candidates(password):
+            run = self._pdfinfo(path, candidate, budget - spent, cancel)
+            spent += run.elapsed
+            if run.timed_out:
+                raise _timeout_error(path, spent, None, None, budget)
+            if not run.password_refused:
+                return run, candidate, spent
+        raise WrongPasswordError(
             path,
-            f"rendering stopped {where} after {spent:.1f} s, the render.timeout_s={limit:g} "
-            "limit (poppler loops or is very slow on this file); raise render.timeout_s "
-            "to try longer",
-            page=page,
+            "the password given does not open it (tried as user and owner password); "
+            "check --password / render.passwords for this file"
+            + _long_password_note(password, path),
         )
 
-    def _pdfinfo(self, path: Path, password: bytes | None, timeout: float) -> _Run:
-        limit = self.config.max_pages or _MAX_PDFINFO_PAGES
-        argv: list[str | bytes] = [self._tool("pdfinfo"), "-f", "1", "-l", str(limit)]
-        if password is not None:
-            argv += ["-opw", password, "-upw", password]
-        argv.append(str(path))
-        return self._poppler(argv, timeout, capture_stdout=True)
-
     def _open_pdf(
-        self, path: Path, size: int, password: str | None, *, sniffed: str = "pdf"
+        self,
+        path: Path,
+        size: int,
+        password: str | None,
+        cancel: threading.Event | None,
+        *,
+        sniffed: str = "pdf",
     ) -> RenderPlan:
-        budget = self.config.timeout_s
-        spent = 0.0
-        run = self._pdfinfo(path, None, budget)
-        spent += run.elapsed
-        used: bytes | None = None
-        if run.timed_out:
-            raise self._timeout_error(path, spent, None, None)
-        if _INCORRECT_PASSWORD in run.stderr_text():
-            if not password:
-                raise PasswordRequiredError(
-                    path,
-                    "is encrypted with a user password: pass --password or add it to "
-                    "render.passwords (or render.password_file)",
-                )
-            for candidate in _password_candidates(password):
-                run = self._pdfinfo(path, candidate, budget - spent)
-                spent += run.elapsed
-                if run.timed_out:
-                    raise self._timeout_error(path, spent, None, None)
-                if _INCORRECT_PASSWORD not in run.stderr_text():
-                    used = candidate
-                    break
-            else:
-                raise WrongPasswordError(
-                    path,
-                    "the password given does not open it (tried as user and owner password); "
-                    "check --password / render.passwords for this file"
-                    + _long_password_note(password, path),
-                )
+        run, used, spent = self._unlock(path, password, cancel)
         total, sizes, rotations = _parse_pdfinfo(run.stdout.decode("utf-8", "replace"))
         if total is None:
-            raise _unreadable(path, sniffed, _poppler_complaint(run))
+            raise _unreadable(path, sniffed, run.complaint())
         if total == 0:
             raise DamagedFileError(
                 path, f"the PDF has no pages (damaged page tree?); {_repair_hint(path)}"
             )
-        count = self._allowed_pages(path, total)
+        count = _allowed_pages(path, total, self.config)
         dpi, cap = self.config.dpi, self.config.max_page_pixels
         pages = []
         for number in range(1, count + 1):
@@ -937,171 +673,211 @@ class Renderer:
             password=used,
         )
 
-    def _allowed_pages(self, path: Path, total: int) -> int:
-        limit = self.config.max_pages
-        if limit is None or total <= limit:
-            return total
-        if self.config.on_too_many_pages == "refuse":
-            raise TooManyPagesError(
-                path,
-                f"has {total:,} pages, more than render.max_pages={limit:,}; raise the limit "
-                "or set render.on_too_many_pages: truncate to ingest the first pages",
-            )
-        return limit
-
-    def _pdftoppm_argv(
-        self, plan: RenderPlan, first: int, last: int, dpi: int, prefix: str
-    ) -> list[str | bytes]:
+    def _pdftoppm(
+        self,
+        plan: RenderPlan,
+        pages: tuple[int, int, int],
+        prefix: str,
+        budget: float,
+        cancel: threading.Event | None,
+    ) -> PopplerRun:
+        """Render pages ``(first, last, dpi)`` of ``plan`` to ``<prefix>-<page>.jpg`` files."""
+        first, last, dpi = pages
         quality = self.config.jpeg_quality
         argv: list[str | bytes] = [
-            self._tool("pdftoppm"),
+            "pdftoppm",
             "-r", str(dpi),
             "-cropbox",
             "-f", str(first),
             "-l", str(last),
             "-jpeg",
             "-jpegopt", f"quality={quality},optimize=n,progressive=n",
+            *password_args(plan.password),
+            str(plan.path), prefix,
         ]  # fmt: skip
-        if plan.password is not None:
-            argv += ["-opw", plan.password, "-upw", plan.password]
-        argv += [str(plan.path), prefix]
-        return argv
+        return self.poppler.run(argv, budget, cancel=cancel)
 
     def _pdf_pages(
-        self, plan: RenderPlan, document_id: str, source: str
+        self, plan: RenderPlan, document_id: str, source: str, cancel: threading.Event | None
     ) -> Generator[Page | PageFailure, None, None]:
         budget = self.config.timeout_s
         spent = plan.probe_seconds
-        workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
-        try:
+        with work_folder() as workdir:
             for first, last, dpi in _chunks(plan.pages, self.config.pages_per_chunk):
                 if budget - spent <= 0:
-                    raise self._timeout_error(plan.path, spent, first, plan.page_count)
-                argv = self._pdftoppm_argv(plan, first, last, dpi, os.path.join(workdir, "c"))
-                run = self._poppler(argv, budget - spent)
+                    raise _timeout_error(plan.path, spent, first, plan.page_count, budget)
+                chunk = os.path.join(workdir, "c")
+                run = self._pdftoppm(plan, (first, last, dpi), chunk, budget - spent, cancel)
                 spent += run.elapsed
                 outputs = _outputs(workdir, "c")
                 for number in range(first, last + 1):
                     data = _take(outputs.pop(number, None))
                     if data is None and run.timed_out:
-                        raise self._timeout_error(plan.path, spent, number, plan.page_count)
+                        raise _timeout_error(plan.path, spent, number, plan.page_count, budget)
                     if data is None and first != last:
                         # Isolate the failing page: the range may have stopped at it.
-                        argv = self._pdftoppm_argv(
-                            plan, number, number, dpi, os.path.join(workdir, "p")
+                        single = os.path.join(workdir, "p")
+                        run = self._pdftoppm(
+                            plan, (number, number, dpi), single, budget - spent, cancel
                         )
-                        run = self._poppler(argv, budget - spent)
                         spent += run.elapsed
                         if run.timed_out:
-                            raise self._timeout_error(plan.path, spent, number, plan.page_count)
+                            raise _timeout_error(plan.path, spent, number, plan.page_count, budget)
                         data = _take(_outputs(workdir, "p").get(number))
                     if data is None:
-                        why = _poppler_complaint(run)
-                        detail = f"poppler produced no image for this page: {why}"
+                        detail = f"poppler produced no image for this page: {run.complaint()}"
                         yield PageFailure(number, DamagedFileError(plan.path, detail, page=number))
                         continue
-                    yield self._page(plan, document_id, source, number, dpi, data)
+                    yield _jpeg_page(plan, document_id, source, number, dpi, data)
                 for stray in outputs.values():  # pages poppler wrote outside the range
                     os.remove(stray)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
 
-    @staticmethod
-    def _page(
-        plan: RenderPlan, document_id: str, source: str, number: int, dpi: int, data: bytes
-    ) -> Page:
-        with Image.open(io.BytesIO(data)) as image:  # header only: cheap
-            width, height = image.size
-        return Page(
-            document_id=document_id,
-            source=source,
-            page_number=number,
-            page_count=plan.page_count,
-            jpeg=data,
-            width=width,
-            height=height,
-            dpi=dpi,
+
+def _read_head(path: str | os.PathLike[str]) -> tuple[Path, int, bytes]:
+    """The absolute path, size and first bytes of a regular file, or an ``InputError``."""
+    file = Path(os.path.abspath(os.fspath(path)))
+    try:
+        status = file.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise UnsupportedFileError(
+                file, "not a regular file (a folder, device, socket or pipe)"
+            )
+        with open(file, "rb") as handle:
+            return file, status.st_size, handle.read(_SNIFF_BYTES)
+    except FileNotFoundError:
+        raise InputError(file, "file not found (moved or deleted?)") from None
+    except OSError as exc:
+        raise InputError(file, f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def _allowed_pages(path: Path, total: int, config: RenderConfig) -> int:
+    """How many of ``total`` pages to render under ``render.max_pages`` (or refuse)."""
+    limit = config.max_pages
+    if limit is None or total <= limit:
+        return total
+    if config.on_too_many_pages == "refuse":
+        raise TooManyPagesError(
+            path,
+            f"has {total:,} pages, more than render.max_pages={limit:,}; raise the limit "
+            "or set render.on_too_many_pages: truncate to ingest the first pages",
         )
+    return limit
 
-    # ----------------------------------------------------------------- images
 
-    def _load_image(self, path: Path) -> Image.Image:
+def _timeout_error(
+    path: Path, spent: float, page: int | None, count: int | None, limit: float
+) -> RenderTimeoutError:
+    where = f"at page {page} of {count}" if page is not None else "while opening it"
+    return RenderTimeoutError(
+        path,
+        f"rendering stopped {where} after {spent:.1f} s, the render.timeout_s={limit:g} "
+        "limit (poppler loops or is very slow on this file); raise render.timeout_s "
+        "to try longer",
+        page=page,
+    )
+
+
+def _jpeg_page(
+    plan: RenderPlan, document_id: str, source: str, number: int, dpi: int, data: bytes
+) -> Page:
+    with Image.open(io.BytesIO(data)) as image:  # header only: cheap
+        width, height = image.size
+    return Page(
+        document_id=document_id,
+        source=source,
+        page_number=number,
+        page_count=plan.page_count,
+        jpeg=data,
+        width=width,
+        height=height,
+        dpi=dpi,
+    )
+
+
+# --------------------------------------------------------------------------- image files
+
+
+def _load_image(path: Path) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 Mpx; we downscale anyway and refuse past its 2x limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        detail = f"the image is too large to decode safely: {exc}"
+        raise FileTooLargeError(path, detail) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DamagedFileError(path, f"cannot decode the image: {exc}") from None
+
+
+def _open_image(path: Path, size: int, config: RenderConfig) -> RenderPlan:
+    start = time.monotonic()
+    image = _load_image(path)
+    with image:
+        fmt = image.format or "image"
         try:
-            with warnings.catch_warnings():
-                # Pillow warns from 89 Mpx; we downscale anyway and refuse past its 2x limit.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                return Image.open(path)
-        except Image.DecompressionBombError as exc:
-            detail = f"the image is too large to decode safely: {exc}"
-            raise FileTooLargeError(path, detail) from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DamagedFileError(path, f"cannot decode the image: {exc}") from None
+            total = int(getattr(image, "n_frames", 1)) if fmt == "TIFF" else 1
+            count = _allowed_pages(path, total, config)
+            pages = []
+            for number in range(1, count + 1):
+                if total > 1:
+                    image.seek(number - 1)
+                own_dpi = _image_dpi(image)
+                width_pt = image.width * 72 / own_dpi
+                height_pt = image.height * 72 / own_dpi
+                pages.append(PagePlan(number, width_pt, height_pt, 0, 0))
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise DamagedFileError(path, f"cannot read the {fmt} image: {exc}") from None
+    return RenderPlan(
+        path=path,
+        kind="image",
+        file_size=size,
+        total_pages=total,
+        page_count=count,
+        pages=tuple(pages),
+        probe_seconds=time.monotonic() - start,
+        image_format=fmt,
+    )
 
-    def _open_image(self, path: Path, size: int) -> RenderPlan:
-        start = time.monotonic()
-        image = self._load_image(path)
-        with image:
-            fmt = image.format or "image"
-            try:
-                total = int(getattr(image, "n_frames", 1)) if fmt == "TIFF" else 1
-                count = self._allowed_pages(path, total)
-                pages = []
-                for number in range(1, count + 1):
-                    if total > 1:
-                        image.seek(number - 1)
-                    own_dpi = _image_dpi(image)
-                    width_pt = image.width * 72 / own_dpi
-                    height_pt = image.height * 72 / own_dpi
-                    pages.append(PagePlan(number, width_pt, height_pt, 0, 0))
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise DamagedFileError(path, f"cannot read the {fmt} image: {exc}") from None
-        return RenderPlan(
-            path=path,
-            kind="image",
-            file_size=size,
-            total_pages=total,
-            page_count=count,
-            pages=tuple(pages),
-            probe_seconds=time.monotonic() - start,
-            image_format=fmt,
-        )
 
-    def _image_pages(
-        self, plan: RenderPlan, document_id: str, source: str
-    ) -> Generator[Page | PageFailure, None, None]:
-        spent = plan.probe_seconds
-        image = self._load_image(plan.path)
-        try:
-            for page in plan.pages:
-                if spent >= self.config.timeout_s:
-                    raise self._timeout_error(plan.path, spent, page.number, plan.page_count)
-                start = time.monotonic()
-                try:
-                    if plan.total_pages > 1:
-                        image.seek(page.number - 1)
-                    jpeg, width, height, dpi = encode_image_page(
-                        image, self.config.jpeg_quality, self.config.max_page_pixels
-                    )
-                except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                    detail = f"cannot decode the image: {exc}"
-                    yield PageFailure(
-                        page.number, DamagedFileError(plan.path, detail, page=page.number)
-                    )
-                    continue
-                finally:
-                    spent += time.monotonic() - start
-                yield Page(
-                    document_id=document_id,
-                    source=source,
-                    page_number=page.number,
-                    page_count=plan.page_count,
-                    jpeg=jpeg,
-                    width=width,
-                    height=height,
-                    dpi=dpi,
+def _image_pages(
+    plan: RenderPlan, document_id: str, source: str, config: RenderConfig
+) -> Generator[Page | PageFailure, None, None]:
+    spent = plan.probe_seconds
+    image = _load_image(plan.path)
+    try:
+        for page in plan.pages:
+            if spent >= config.timeout_s:
+                raise _timeout_error(
+                    plan.path, spent, page.number, plan.page_count, config.timeout_s
                 )
-        finally:
-            image.close()
+            start = time.monotonic()
+            try:
+                if plan.total_pages > 1:
+                    image.seek(page.number - 1)
+                jpeg, width, height, dpi = encode_image_page(
+                    image, config.jpeg_quality, config.max_page_pixels
+                )
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                detail = f"cannot decode the image: {exc}"
+                yield PageFailure(
+                    page.number, DamagedFileError(plan.path, detail, page=page.number)
+                )
+                continue
+            finally:
+                spent += time.monotonic() - start
+            yield Page(
+                document_id=document_id,
+                source=source,
+                page_number=page.number,
+                page_count=plan.page_count,
+                jpeg=jpeg,
+                width=width,
+                height=height,
+                dpi=dpi,
+            )
+    finally:
+        image.close()
 
 
 def _image_dpi(image: Image.Image) -> float:
