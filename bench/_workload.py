@@ -34,13 +34,16 @@ Everything is seeded: the same arguments give the same pages and queries.
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import logging
 import math
 import os
 import resource
 import stat
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,18 +51,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+# Before numpy loads (../shared/ENVIRONMENT.md): 2-thread OpenBLAS makes the embedded
+# engine erratically slow, and the model hub is never reachable here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import numpy as np
 
 from pipeline.embed.pooling import POOLED_VECTORS, pool_page
-from pipeline.models import ModelSpec
+from pipeline.models import ModelSpec, get_model_spec
 from pipeline.retrieve.store import KIND_PAGE, source_dirs
 from pipeline.types import CollectionSpec, PagePoint, page_point_id
 
 __all__ = [
     "BENCH_MODEL",
+    "DEFAULT_CORPUS",
     "Latency",
     "PageSource",
     "Workload",
+    "add_workload_arguments",
     "build_edge_store",
     "corpus_files",
     "disk_breakdown",
@@ -70,7 +80,12 @@ __all__ = [
     "page_point",
     "peak_rss_mb",
     "point_id",
+    "progress_log",
+    "questions",
+    "run_sizes",
     "timed",
+    "workload_for",
+    "workload_rag_config",
 ]
 
 log = logging.getLogger("bench")
@@ -80,6 +95,96 @@ T = TypeVar("T")
 # The stand-in model mimics this entry (1024 patches on a 32×32 grid + 6 text tokens).
 BENCH_MODEL = "Qdrant/colpali-v1.3-fp16"
 PAGES_PER_DOCUMENT = 20
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+# --------------------------------------------------------------------------- a benchmark run
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, *, queries: int = 30) -> None:
+    """The options of every benchmark on this workload: sizes, corpus, queries, the
+    workload's knobs, the real-page cache, the work folder, output."""
+    parser.add_argument("--pages", default="1000,10000", help="sizes, comma-separated")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--real-pages", type=int, default=300, help="real pages to embed")
+    parser.add_argument("--queries", type=int, default=queries)
+    parser.add_argument("--context", type=float, default=1.0, help="see bench/_workload.py")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=None, help=".npy cache of real pages")
+    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir")
+    parser.add_argument("--json", action="store_true", help="one JSON object per size")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def progress_log(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines on stderr, unless ``--quiet``."""
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    return log
+
+
+def workload_for(pages: int, real: np.ndarray, args: argparse.Namespace) -> Workload:
+    """``pages`` pages synthesised from ``real`` with the arguments' context and seed."""
+    model = get_model_spec(BENCH_MODEL)
+    return Workload(real, pages, model, context=args.context, seed=args.seed)
+
+
+def questions(corpus: Path, count: int) -> list[str]:
+    """``count`` real questions from ``corpus/qa/questions.jsonl``, repeated as needed."""
+    path = corpus / "qa" / "questions.jsonl"
+    with path.open(encoding="utf-8") as handle:
+        items = [json.loads(line)["question"] for line in handle if line.strip()]
+    if not items:
+        raise SystemExit(f"no questions in {path}")
+    return [items[i % len(items)] for i in range(count)]
+
+
+def workload_rag_config(
+    workload: Workload, data: Path, model_dir: Path, **overrides: dict[str, Any]
+) -> tuple[Any, float]:
+    """The workload's pages in an embedded store under ``data``, and the ``PageRAGConfig``
+    that opens it with the stand-in model in ``model_dir`` (plus ``overrides``, by
+    config section); returns the config and the store's ingest rate in pages/s."""
+    from pipeline.config import load_config
+
+    pages = workload.write(data / "pages.f16")
+    store, rate = build_edge_store(data / "store", pages, workload.model)
+    store.close()
+    config = load_config(
+        environ={},
+        overrides={
+            "store": {"path": str(data / "store"), "collection": "bench"},
+            "embedding": {"model": BENCH_MODEL, "model_path": str(model_dir), "device": "cpu"},
+            **overrides,
+        },
+    )
+    return config, rate
+
+
+def run_sizes(
+    args: argparse.Namespace,
+    run_size: Callable[[int, np.ndarray], dict[str, Any]],
+    print_table: Callable[[dict[str, Any]], None],
+) -> int:
+    """Embed the real pages once, then ``run_size`` per size in ``--pages``: one JSON
+    line (``--json``) or a table each, with the size's wall time in ``seconds``."""
+    sizes = [int(x) for x in str(args.pages).split(",") if x]
+    if not args.corpus.is_dir():
+        raise SystemExit(f"corpus not found at {args.corpus}: pass --corpus")
+    count = min(args.real_pages, max(sizes))
+    real = embed_real_pages(args.corpus, count, cache=args.cache, progress=progress_log(args))
+    for pages in sizes:
+        started = time.perf_counter()
+        result = run_size(pages, real)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print_table(result)
+    return 0
 
 
 # --------------------------------------------------------------------------- real pages

@@ -24,6 +24,15 @@ Prints, for the same PDFs:
     python bench/ingest.py                 # table
     python bench/ingest.py --json          # one JSON object
     python bench/ingest.py --seconds-per-page 0.2 --dpi 150
+
+``--backend fastembed|torch`` measures real embedding code instead: the job
+with the stand-in models pagerag builds itself (random weights; *stand-in
+numbers, not the real models'*), each in a fresh process, over a short PDF
+and over the 500+ page one: pages/s and peak RSS, the torch stand-in
+(``--family``: ColQwen2.5 or ColSmol, a patch grid per page) beside the
+fastembed ColPali stand-in. Peak RSS must not grow with document length.
+
+    python bench/ingest.py --backend torch --family colqwen2_5
 """
 
 from __future__ import annotations
@@ -86,9 +95,19 @@ def render_only(files: list[Path], dpi: int) -> float:
 
 
 def end_to_end(
-    files: list[str], dpi: int, seconds_per_page: float, workers: int, *, trace: bool = False
+    files: list[str],
+    dpi: int,
+    seconds_per_page: float,
+    workers: int,
+    *,
+    trace: bool = False,
+    model: str | None = None,
+    model_path: str | None = None,
 ) -> dict:
-    """One ingestion job into a fresh embedded store; runs in the calling process."""
+    """One ingestion job into a fresh embedded store; runs in the calling process.
+
+    With ``model_path`` the embedder is the one the config builds (fastembed or
+    torch, the stand-in in that directory); else the fake of fixed cost."""
     import tracemalloc
 
     from pipeline import PageRAG
@@ -103,10 +122,12 @@ def end_to_end(
             overrides={
                 "store": {"path": tmp},
                 "render": {"dpi": dpi, "workers": workers},
-                "embedding": {"batch_size": 2},
+                "embedding": {"batch_size": 2, "device": "cpu"}
+                | ({"model": model, "model_path": model_path} if model_path else {}),
             },
         )
-        with PageRAG(config, embedder=FakeEmbedder(seconds_per_page=seconds_per_page)) as rag:
+        fake = None if model_path else FakeEmbedder(seconds_per_page=seconds_per_page)
+        with PageRAG(config, embedder=fake) as rag:
             report = rag.ingest(files)
     if not report.ok:
         raise SystemExit(f"ingest failed: {report.to_dict()['outcomes']}")
@@ -125,9 +146,17 @@ def end_to_end(
 
 
 def end_to_end_subprocess(
-    files: list[Path], dpi: int, seconds_per_page: float, workers: int, *, trace: bool = False
+    files: list[Path],
+    dpi: int,
+    seconds_per_page: float,
+    workers: int,
+    *,
+    trace: bool = False,
+    model: str | None = None,
+    model_path: Path | None = None,
 ) -> dict:
     """``end_to_end`` in a fresh interpreter, so its peak RSS is its own."""
+    stand_in = ["--model", str(model), "--model-path", str(model_path)] if model_path else []
     args = [
         sys.executable,
         __file__,
@@ -139,6 +168,7 @@ def end_to_end_subprocess(
         "--seconds-per-page",
         str(seconds_per_page),
         *(["--trace"] if trace else []),
+        *stand_in,
         *map(str, files),
     ]
     out = subprocess.run(
@@ -179,6 +209,19 @@ def main() -> None:
     )
     parser.add_argument("--long-pages", type=int, default=520)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--backend",
+        choices=["fake", "fastembed", "torch"],
+        default="fake",
+        help="fake: fixed-cost embedder (default); fastembed/torch: the stand-in models",
+    )
+    parser.add_argument(
+        "--family",
+        default="colqwen2_5",
+        help="torch stand-in family (colqwen2_5 or colidefics3)",
+    )
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
@@ -188,13 +231,22 @@ def main() -> None:
         print(
             json.dumps(
                 end_to_end(
-                    args.files, args.dpi, args.seconds_per_page, args.workers, trace=args.trace
+                    args.files,
+                    args.dpi,
+                    args.seconds_per_page,
+                    args.workers,
+                    trace=args.trace,
+                    model=args.model,
+                    model_path=args.model_path,
                 )
             )
         )
         return
 
     files = qa_docs(args.corpus, args.docs)
+    if args.backend != "fake":
+        backends_side_by_side(args, files)
+        return
     raw = raw_pdftoppm(files, args.dpi)
     rendered = render_only(files, args.dpi)
     e2e = end_to_end_subprocess(files, args.dpi, args.seconds_per_page, args.workers)
@@ -239,6 +291,62 @@ def main() -> None:
         "pipeline memory flat in length "
         f"({result['short_doc_python_peak_mb']} MB for {result['short_doc_pages']} pages vs "
         f"{result['long_doc_python_peak_mb']} MB for {result['long_doc_pages']} pages)"
+    )
+
+
+def stand_ins(backend: str, family: str, folder: Path) -> list[tuple[str, str, Path]]:
+    """(label, model name, directory) of the stand-ins to compare: the fastembed one,
+    and with ``--backend torch`` the torch family's beside it."""
+    from pipeline.testing import tiny_colpali
+
+    chosen = [
+        (
+            "fastembed:colpali (stand-in)",
+            tiny_colpali.MODEL_NAME,
+            tiny_colpali.build(folder / "onnx"),
+        )
+    ]
+    if backend == "torch":
+        from pipeline.testing import tiny_torch
+
+        model_dir = tiny_torch.build(family, folder / family)
+        chosen.append((f"torch:{family} (stand-in)", tiny_torch.MODEL_NAMES[family], model_dir))
+    return chosen
+
+
+def backends_side_by_side(args: argparse.Namespace, files: list[Path]) -> None:
+    """Pages/s and peak RSS of each stand-in over a short and a 500+ page PDF."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        big = long_pdf(files, args.long_pages, folder / "long.pdf")
+        for label, model, model_dir in stand_ins(args.backend, args.family, folder):
+            row: dict[str, object] = {"backend": label}
+            for name, docs in (("short", files[:1]), ("long", [big])):
+                run = end_to_end_subprocess(
+                    docs, args.dpi, 0.0, args.workers, trace=True, model=model, model_path=model_dir
+                )
+                row[f"{name}_pages"] = run["pages"]
+                row[f"{name}_pps"] = round(run["pps"], 2)
+                row[f"{name}_peak_rss_mb"] = round(run["peak_rss_mb"], 1)
+                row[f"{name}_python_peak_mb"] = round(run["python_peak_mb"], 1)
+            rows.append(row)
+    result = {"dpi": args.dpi, "note": "stand-in models (random weights)", "runs": rows}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"stand-in models with random weights, {args.dpi} DPI; each run a fresh process")
+    for row in rows:
+        print(
+            f"{row['backend']:<32} short {row['short_pages']:>4} pages "
+            f"{row['short_pps']:>6} pages/s {row['short_peak_rss_mb']:>7} MB RSS "
+            f"{row['short_python_peak_mb']:>6} MB py | long {row['long_pages']:>4} pages "
+            f"{row['long_pps']:>6} pages/s {row['long_peak_rss_mb']:>7} MB RSS "
+            f"{row['long_python_peak_mb']:>6} MB py"
+        )
+    print(
+        "RSS: the whole process (model + embedded Qdrant engine, whose segments grow with the "
+        "data stored); py: the pipeline's own peak (tracemalloc), which must not grow with length"
     )
 
 

@@ -10,7 +10,7 @@ question it times, separately:
 * ``embed`` — ``embedder.embed_query`` (tokenise + ONNX run of the stand-in);
 * ``store`` — ``store.search`` with those vectors, per retrieval mode
   (``exact``; ``two_stage`` with the configured ``prefetch_k`` and
-  ``prefetch_vectors``, as ``PageRAG.search`` sends them);
+  ``prefetch_vectors``: the plan ``PageRAG.plan`` gives, as ``search`` sends it);
 * ``total`` — ``PageRAG.search(question, mode=...)`` end to end (embedding,
   planning, store, hits), as a user sees it.
 
@@ -30,81 +30,48 @@ is for.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for bench._workload
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench._workload import (  # noqa: E402
-    BENCH_MODEL,
-    Workload,
-    build_edge_store,
-    embed_real_pages,
+from bench._workload import (
+    add_workload_arguments,
     latency,
     peak_rss_mb,
+    questions,
+    run_sizes,
     timed,
+    workload_for,
+    workload_rag_config,
 )
 
-DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus"
 MODES: tuple[Literal["exact", "two_stage"], ...] = ("exact", "two_stage")
-
-
-def questions(corpus: Path, count: int) -> list[str]:
-    path = corpus / "qa" / "questions.jsonl"
-    with path.open(encoding="utf-8") as handle:
-        items = [json.loads(line)["question"] for line in handle if line.strip()]
-    if not items:
-        raise SystemExit(f"no questions in {path}")
-    return [items[i % len(items)] for i in range(count)]
 
 
 def run_size(pages: int, real: Any, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import PageRAG
-    from pipeline.config import load_config
-    from pipeline.models import get_model_spec
 
-    model = get_model_spec(BENCH_MODEL)
-    workload = Workload(real, pages, model, context=args.context)
+    workload = workload_for(pages, real, args)
     with tempfile.TemporaryDirectory(prefix="pagerag-query-bench-", dir=args.workdir) as tmp:
-        data = Path(tmp)
-        store, rate = build_edge_store(data / "store", workload.write(data / "pages.f16"), model)
-        store.close()
-        config = load_config(
-            environ={},
-            overrides={
-                "store": {"path": str(data / "store"), "collection": "bench"},
-                "embedding": {"model": BENCH_MODEL, "model_path": str(model_dir), "device": "cpu"},
-            },
-        )
+        config, rate = workload_rag_config(workload, Path(tmp), model_dir)
         texts = questions(args.corpus, args.queries)
         with PageRAG(config) as rag:
             _, load_ms = timed(rag.search, texts[0], k=args.k, mode="exact")
             embed_ms: list[float] = []
             store_ms: dict[str, list[float]] = {mode: [] for mode in MODES}
             total_ms: dict[str, list[float]] = {mode: [] for mode in MODES}
-            retrieval = rag.config.retrieval
-            prefetch_k = max(retrieval.prefetch_k, args.k)
-            recorded = rag.store.spec()
-            assert recorded is not None
-            # The first stage search sends (PageRAG._plan): retrieval.prefetch_vectors.
-            wanted: list[str] = [n for n in retrieval.prefetch_vectors if n in recorded.pooled]
-            pooled = wanted or list(recorded.pooled)
+            # What search sends the store in each mode (its first stage included).
+            plans = {mode: rag.plan(k=args.k, mode=mode) for mode in MODES}
             for text in texts:
                 vectors, ms = timed(rag.embedder.embed_query, text)
                 embed_ms.append(ms)
-                for mode in MODES:
-                    prefetch = [(name, prefetch_k) for name in pooled] if mode != "exact" else []
+                for mode, plan in plans.items():
+                    prefetch = list(plan.prefetch)
                     _, ms = timed(rag.store.search, vectors, k=args.k, prefetch=prefetch)
                     store_ms[mode].append(ms)
                     _, ms = timed(rag.search, text, k=args.k, mode=mode)
@@ -113,8 +80,8 @@ def run_size(pages: int, real: Any, model_dir: Path, args: argparse.Namespace) -
         "pages": pages,
         "queries": len(texts),
         "k": args.k,
-        "prefetch_k": prefetch_k,
-        "prefetch_vectors": "+".join(pooled),
+        "prefetch_k": plans["two_stage"].prefetch[0][1],
+        "prefetch_vectors": "+".join(name for name, _ in plans["two_stage"].prefetch),
         "ingest_pages_per_s": round(rate, 1),
         "first_query_ms": round(load_ms, 1),
         "embed": latency(embed_ms).to_dict(),
@@ -140,31 +107,16 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pages", default="1000,10000", help="sizes, comma-separated")
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--real-pages", type=int, default=300)
-    parser.add_argument("--queries", type=int, default=30)
+    add_workload_arguments(parser)
     parser.add_argument("-k", type=int, default=5)
-    parser.add_argument("--context", type=float, default=1.0, help="see bench/_workload.py")
-    parser.add_argument("--cache", type=Path, default=None, help=".npy cache of real pages")
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    sizes = [int(x) for x in args.pages.split(",") if x]
     from pipeline.testing.tiny_colpali import build
 
-    real = embed_real_pages(args.corpus, min(args.real_pages, max(sizes)), cache=args.cache)
     with tempfile.TemporaryDirectory(prefix="pagerag-tiny-colpali-") as model_tmp:
         model_dir = build(Path(model_tmp))
-        for pages in sizes:
-            started = time.perf_counter()
-            result = run_size(pages, real, model_dir, args)
-            result["seconds"] = round(time.perf_counter() - started, 1)
-            if args.json:
-                print(json.dumps(result), flush=True)
-            else:
-                print_table(result)
-    return 0
+        return run_sizes(
+            args, lambda pages, real: run_size(pages, real, model_dir, args), print_table
+        )
 
 
 if __name__ == "__main__":

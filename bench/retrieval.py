@@ -66,30 +66,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see ENVIRONMENT.md; floor uses threads
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for bench._workload
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from bench._workload import (  # noqa: E402
+from bench._workload import (
     BENCH_MODEL,
-    Workload,
+    add_workload_arguments,
     build_edge_store,
     disk_breakdown,
-    embed_real_pages,
     latency,
     memory_status,
     numpy_maxsim_topk,
     peak_rss_mb,
     point_id,
+    progress_log,
+    run_sizes,
     timed,
+    workload_for,
 )
 
-DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus"
+# isort: split
+import numpy as np  # after bench._workload, which caps the BLAS threads before numpy loads
+
 OPTIONS = {  # storage option -> (datatype, quantization)
     "float16": ("float16", "none"),
     "float32": ("float32", "none"),
@@ -214,11 +211,9 @@ def run_child(
 
 def run_size(pages: int, real: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     from connectors.qdrant_edge import EdgePageStore
-    from pipeline.models import get_model_spec
 
-    model = get_model_spec(BENCH_MODEL)
-    log = _log(args)
-    workload = Workload(real, pages, model, context=args.context, seed=args.seed)
+    log = progress_log(args)
+    workload = workload_for(pages, real, args)
     queries = workload.queries(args.queries)
     with tempfile.TemporaryDirectory(prefix="pagerag-bench-", dir=args.workdir) as tmp:
         workdir = Path(tmp)
@@ -441,20 +436,9 @@ def print_table(result: dict[str, Any]) -> None:
     print("targets:", json.dumps(result["targets"]))
 
 
-def _log(args: argparse.Namespace) -> Any:
-    def log(message: str) -> None:
-        if not args.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    return log
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pages", default="1000,10000", help="sizes, comma-separated")
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--real-pages", type=int, default=300, help="real pages to embed")
-    parser.add_argument("--queries", type=int, default=30)
+    add_workload_arguments(parser)
     parser.add_argument("--floor-queries", type=int, default=10, help="queries timed in numpy")
     parser.add_argument("--prefetch", default="50,100,200,400", help="prefetch_k values")
     parser.add_argument(
@@ -472,13 +456,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also time numpy over a float32 copy (auto: when it takes < 8 GB)",
     )
     parser.add_argument("--options", default="float16,float32,scalar,binary")
-    parser.add_argument("--context", type=float, default=1.0, help="see bench/_workload.py")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=None, help=".npy cache of real pages")
-    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir")
     parser.add_argument("--child-exact-queries", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="one JSON object per size")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     # internal: one storage option in a fresh process
     parser.add_argument("--child", choices=sorted(OPTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--pages-file", help=argparse.SUPPRESS)
@@ -491,7 +469,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.child:
         return args
-    args.sizes = [int(x) for x in str(args.pages).split(",") if x]
     args.prefetch = [int(x) for x in str(args.prefetch).split(",") if x]
     args.options = [x for x in str(args.options).split(",") if x]
     args.sets = [x for x in str(args.sets).split(",") if x]
@@ -509,19 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
-    if not args.corpus.is_dir():
-        raise SystemExit(f"corpus not found at {args.corpus}: pass --corpus")
-    log = _log(args)
-    real = embed_real_pages(
-        args.corpus, min(args.real_pages, max(args.sizes)), cache=args.cache, progress=log
-    )
-    for pages in args.sizes:
-        result = run_size(pages, real, args)
-        if args.json:
-            print(json.dumps(result), flush=True)
-        else:
-            print_table(result)
-    return 0
+    return run_sizes(args, lambda pages, real: run_size(pages, real, args), print_table)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ download it. fastembed 0.9.1 gives none of these by itself:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,13 @@ from PIL import Image
 
 from pipeline.config import EmbeddingConfig
 from pipeline.embed.fingerprint import CONFIG_FILES, fingerprint_files, is_stand_in
-from pipeline.errors import ModelError, ModelNotAvailableError, OptionalDependencyError
+from pipeline.embed.protocol import QueryToken, checked_vectors
+from pipeline.errors import (
+    ModelError,
+    ModelNotAvailableError,
+    OptionalDependencyError,
+    install_command,
+)
 from pipeline.models import ModelSpec, get_model_spec
 from pipeline.types import Float16Array, ModelIdentity
 
@@ -151,6 +159,40 @@ class FastEmbedColPali:
         self._query_limit = max_length
         return max_length
 
+    def query_tokens(self, query: str) -> list[QueryToken]:
+        """What each row of :meth:`embed_query` stands for, read from the tokenizer alone.
+
+        Tokens that overlap the query's characters are its words (``query``);
+        the model's template around them (ColPali: ``<s>``, ``Query``, ``:``,
+        the closing newline) is ``prompt``, and its augmentation tokens
+        (``<pad>`` ×10) are ``padding``.
+        """
+        self.query_token_limit()  # makes fastembed load its tokenizer, once
+        model = self._resolve().model
+        (encoding,) = model.tokenize([query])
+        prefix = getattr(model, "BOS_TOKEN", "") + getattr(model, "QUERY_PREFIX", "")
+        padding = {
+            str(getattr(model, name))
+            for name in ("PAD_TOKEN", "QUERY_AUGMENTATION_TOKEN")
+            if getattr(model, name, None)
+        }
+        start, end = len(prefix), len(prefix) + len(query)
+        tokens = []
+        for token, token_id, (first, last), mask in zip(
+            encoding.tokens, encoding.ids, encoding.offsets, encoding.attention_mask, strict=True
+        ):
+            if not mask:
+                continue
+            if first < end and last > start and last > first:
+                text = query[max(first, start) - start : min(last, end) - start]
+                tokens.append(QueryToken(text, "query"))
+            elif token in padding:
+                tokens.append(QueryToken(token, "padding"))
+            else:
+                text = token if token.startswith("<") else model.tokenizer.decode([token_id])
+                tokens.append(QueryToken(text, "prompt"))
+        return tokens
+
     def identity(self) -> ModelIdentity:
         """The weights in use: model name, where the files are, and their fingerprint.
 
@@ -249,14 +291,30 @@ class FastEmbedColPali:
         }
         if config.model_path is not None:
             kwargs["specific_model_path"] = str(config.model_path)
-        try:
-            embedding = LateInteractionMultimodalEmbedding(**kwargs)
-        except Exception as exc:  # ValueError, OSError, hub and HTTP errors alike
-            where = config.cache_dir or "fastembed's default cache"
-            raise self._not_available(
-                f"it is not in {where} and could not be downloaded (fastembed: {exc})",
-                offline_hint=True,
-            ) from exc
+        where = config.cache_dir or "fastembed's default cache"
+        embedding = None
+        if config.model_path is None and not _hub_offline():
+            # The cache first: only a model that is not there needs the hub, and when the
+            # hub cannot be reached, say so at once instead of after fastembed's ~40 s of
+            # download retries (3, 9 and 27 s apart, each logged).
+            with contextlib.suppress(Exception), _quiet_fastembed():
+                embedding = LateInteractionMultimodalEmbedding(**kwargs, local_files_only=True)
+            unreachable = None if embedding is not None else _hub_unreachable()
+            if unreachable:
+                raise self._not_available(
+                    f"it is not in {where}, and the Hugging Face hub to download it from "
+                    f"cannot be reached ({unreachable})",
+                    offline_hint=True,
+                )
+        if embedding is None:
+            try:
+                with _quiet_fastembed():
+                    embedding = LateInteractionMultimodalEmbedding(**kwargs)
+            except Exception as exc:  # ValueError, OSError, hub and HTTP errors alike
+                raise self._not_available(
+                    f"it is not in {where} and could not be downloaded (fastembed: {exc})",
+                    offline_hint=True,
+                ) from exc
         if config.model_path is None:
             # fastembed checked the ONNX files of a cached snapshot, not the tokenizer ones
             model_dir = getattr(embedding.model, "_model_dir", None)
@@ -273,7 +331,7 @@ class FastEmbedColPali:
         raise ModelError(
             f"the installed fastembed {getattr(fastembed, '__version__', '?')} does not "
             f"support {self._spec.name}: install the version pagerag pins "
-            "(pip install 'pagerag[cpu]' or 'pagerag[gpu]')"
+            f"({install_command('cpu')}, or the gpu extra on a CUDA machine)"
         )
 
     def _device_kwargs(self) -> dict[str, Any]:
@@ -308,15 +366,15 @@ class FastEmbedColPali:
     def _not_available(self, reason: str, *, offline_hint: bool = False) -> ModelNotAvailableError:
         name = self._spec.name
         hint = (
-            " Set HF_HUB_OFFLINE=1 on machines without internet, so that a missing model "
-            "fails at once instead of after ~40 s of download retries."
+            " On machines without internet set HF_HUB_OFFLINE=1: nothing is then downloaded "
+            "or looked up."
             if offline_hint
             else ""
         )
         return ModelNotAvailableError(
             f"the embedding model {name} (~{self._spec.size_gb:g} GB) is not available: "
             f"{reason}. On a machine with internet, run "
-            f"`huggingface-cli download {name} --local-dir DIR`, copy DIR here and set "
+            f"`hf download {name} --local-dir DIR`, copy DIR here and set "
             "embedding.model_path: DIR in the config (or the environment variable "
             "PAGERAG_EMBEDDING__MODEL_PATH=DIR); or point embedding.cache_dir at a "
             f"fastembed cache that holds it.{hint}"
@@ -330,15 +388,44 @@ class FastEmbedColPali:
 
     def _checked(self, vec: Any) -> Float16Array:
         """Check the shape, and keep float16 (only ever cast *down* to it)."""
-        array = np.asarray(vec)
-        if array.ndim != 2 or array.shape[1] != self._spec.dim:
-            raise ModelError(
-                f"{self._spec.name} returned vectors of shape {array.shape}, expected "
-                f"(tokens, {self._spec.dim}): is embedding.model_path the right model?"
-            )
-        if array.dtype != np.float16:
-            array = array.astype(np.float16)
-        return array
+        return checked_vectors(vec, self._spec)
+
+
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as fastembed reads it: local files only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "TRUE", "YES", "ON"}
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub (``$HF_ENDPOINT``) does not answer; None when it does.
+
+    One request with a 10 s timeout, through the proxies the environment names
+    (as the download would go).
+    """
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        httpx.head(endpoint, timeout=10.0)
+    except (httpx.HTTPError, OSError) as exc:
+        return f"{endpoint}: {exc or type(exc).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_fastembed() -> Iterator[None]:
+    """Silence fastembed's own log lines (loguru): its failures reach the user as
+    pagerag's one error; download progress bars are not log lines and stay."""
+    try:
+        from loguru import logger
+    except ImportError:  # pragma: no cover - a fastembed dependency
+        yield
+        return
+    logger.disable("fastembed")
+    try:
+        yield
+    finally:
+        logger.enable("fastembed")
 
 
 def _missing_fastembed(cause: ImportError) -> OptionalDependencyError:
@@ -346,7 +433,7 @@ def _missing_fastembed(cause: ImportError) -> OptionalDependencyError:
     error = OptionalDependencyError("Page embedding", "cpu", "fastembed")
     # OptionalDependencyError names one extra; fastembed comes from either of two.
     # ImportError.__str__ prints .msg, so both it and .args carry the full text.
-    text = f"{error} (or 'pagerag[gpu]' on a CUDA machine, never both) [{cause}]"
+    text = f"{error} (or the gpu extra on a CUDA machine, never both; {cause})"
     error.msg = text
     error.args = (text,)
     return error

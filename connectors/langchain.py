@@ -21,7 +21,11 @@ chat model accepts, so the whole RAG chain is one line::
 
     chain = {"question": RunnablePassthrough(), "docs": retriever} | format_pages | model
 
-langchain-core is an optional extra (``pip install 'pagerag[langchain]'``);
+The retriever searches a local :class:`~pipeline.api.PageRAG` (``rag=``) or a
+running ``pagerag serve`` (``client=``, or :meth:`PageRetriever.from_url`),
+so an application in another process shares the service's model and store.
+
+langchain-core is an optional extra (``langchain``; installed from the checkout);
 without it, importing this module raises
 :class:`~pipeline.errors.OptionalDependencyError` (an ``ImportError``).
 """
@@ -34,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from pipeline.errors import OptionalDependencyError, StoreError
 
@@ -54,6 +58,7 @@ except ImportError as exc:  # only a missing langchain-core; a broken install re
 
 from pipeline.answer.answerer import SYSTEM_PROMPT, prepare_page_jpeg
 from pipeline.api import MAX_K, PageRAG
+from pipeline.client import DEFAULT_URL, PageRAGClient
 from pipeline.types import PageFilter, PageHit
 
 __all__ = [
@@ -87,6 +92,7 @@ METADATA_KEYS = (
 """Metadata every page Document carries, besides the image keys."""
 
 _JPEG = "image/jpeg"
+_JPEG_QUALITY = 85  # vlm.jpeg_quality's default, for pages from a service
 # Keyword arguments `invoke(query, k=1)` etc. may override per call.
 _OVERRIDABLE = ("k", "filter", "score_threshold", "mode", "include_images", "max_image_side")
 # BaseRetriever.invoke reads `verbose` itself but still forwards it to us.
@@ -144,20 +150,23 @@ class PageRetriever(BaseRetriever):
 
     >>> retriever = PageRetriever(rag=PageRAG.from_config(), k=3)  # doctest: +SKIP
     >>> docs = retriever.invoke("revenue by segment")               # doctest: +SKIP
+    >>> remote = PageRetriever.from_url("http://127.0.0.1:8000")   # doctest: +SKIP
 
     Every field can also be given per call: ``retriever.invoke(q, k=1)``.
     ``score_threshold`` drops pages scoring below it *after* the top ``k`` are
     found; MaxSim scores grow with the query's token count, so pick it from
     scores seen for queries like yours, not as a fraction.
 
-    The retriever does not own ``rag``: close it (``rag.close()``) when done,
-    which releases the embedded engine's data directory.
+    The retriever does not own ``rag`` or ``client``: close it (``rag.close()``
+    releases the embedded engine's data directory) when done.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    rag: PageRAG
+    rag: PageRAG | None = None
     """The pagerag instance to search (its config picks the store and the model)."""
+    client: PageRAGClient | None = None
+    """Or a running ``pagerag serve`` to search (:mod:`pipeline.client`); give one of the two."""
     k: int = Field(default=4, ge=1, le=MAX_K)
     """Pages to return."""
     filter: dict[str, Any] | PageFilter | None = None
@@ -171,24 +180,52 @@ class PageRetriever(BaseRetriever):
     max_image_side: int | None = Field(default=None, ge=64)
     """Shrink images so their longest side is at most this many pixels (None: as stored)."""
 
+    @model_validator(mode="after")
+    def _one_target(self) -> PageRetriever:
+        if (self.rag is None) == (self.client is None):
+            raise ValueError(
+                "give the retriever rag= (a local PageRAG) or client= (a running pagerag "
+                "serve: PageRetriever.from_url(url)), exactly one of the two"
+            )
+        return self
+
     @classmethod
     def from_config(cls, path: str | Path | None = None, **fields: Any) -> PageRetriever:
         """A retriever over a new ``PageRAG`` built from ``path`` (None: defaults + env)."""
         return cls(rag=PageRAG.from_config(path), **fields)
 
+    @classmethod
+    def from_url(
+        cls, url: str = DEFAULT_URL, *, api_key: str | None = None, **fields: Any
+    ) -> PageRetriever:
+        """A retriever over a running ``pagerag serve`` (``api_key``: ``$PAGERAG_API_KEY``).
+
+        Close ``retriever.client`` when done.
+        """
+        return cls(client=PageRAGClient(url, api_key=api_key), **fields)
+
+    def _search(self, query: str) -> list[PageHit]:
+        target = self.rag if self.rag is not None else self.client
+        assert target is not None  # _one_target
+        return target.search(query, self.k, filter=self.filter, mode=self.mode)
+
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         options = self._with(kwargs)
-        hits = self.rag.search(query, options.k, filter=options.filter, mode=options.mode)
-        return options._documents(hits)
+        return options._documents(options._search(query))
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         options = self._with(kwargs)
-        hits = await self.rag.asearch(query, options.k, filter=options.filter, mode=options.mode)
-        # Fetching images is a blocking store call per page: keep it off the event loop.
+        if options.rag is not None:
+            hits = await options.rag.asearch(
+                query, options.k, filter=options.filter, mode=options.mode
+            )
+        else:  # the service client's calls block: in a worker thread, like PageRAG.asearch
+            hits = await asyncio.to_thread(options._search, query)
+        # Fetching images is a blocking call per page: keep it off the event loop.
         return await asyncio.to_thread(options._documents, hits)
 
     def _with(self, overrides: Mapping[str, Any]) -> PageRetriever:
@@ -203,17 +240,18 @@ class PageRetriever(BaseRetriever):
         if not given:
             return self
         current = {name: getattr(self, name) for name in _OVERRIDABLE}
-        return type(self)(rag=self.rag, **(current | given))
+        return type(self)(rag=self.rag, client=self.client, **(current | given))
 
     def _documents(self, hits: Sequence[PageHit]) -> list[Document]:
         """The one hits → Documents step both the sync and the async path share."""
         threshold = self.score_threshold
+        quality = _JPEG_QUALITY if self.rag is None else self.rag.config.vlm.jpeg_quality
         return [
             page_document(
                 hit,
                 include_image=self.include_images,
                 max_image_side=self.max_image_side,
-                jpeg_quality=self.rag.config.vlm.jpeg_quality,
+                jpeg_quality=quality,
             )
             for hit in hits
             if threshold is None or hit.score >= threshold

@@ -1,9 +1,15 @@
 """Answering through any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama …).
 
 :class:`OpenAIAnswerer` implements :class:`pipeline.answer.answerer.Answerer` with the
-``openai`` client. It only turns the provider-neutral message layout of
-``pipeline.answer.answerer`` into the chat-completions wire format and does the I/O;
-prompt, image preparation and citation parsing are shared with every adapter.
+``openai`` client, in three parts:
+
+* the **messages** are engine-neutral (:func:`pipeline.answer.messages.chat_messages`:
+  prompt, page labels and images, shared with every adapter); the answerer adds
+  model, token limit and streaming, and parses the reply into an ``Answer``;
+* the **transport** (:class:`ChatTransport`): the clients, retries, and the
+  translation of the library's errors into pagerag's;
+* **streaming**: reading a stream of chunks, closing it when the caller stops,
+  errors mid-stream translated like the others.
 
 Retries are ours (tenacity), not the client's (``max_retries=0``): the
 client's backoff starts at 0.5 s and cannot be tuned without private hooks, and
@@ -32,21 +38,17 @@ import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from pipeline.answer.answerer import (
-    SYSTEM_PROMPT,
     AnswerChunk,
     AsyncStreamingAnswer,
-    PagePart,
     StreamingAnswer,
-    check_answer_inputs,
     finish_answer,
-    prepare_page_jpeg,
-    user_message_layout,
 )
+from pipeline.answer.messages import chat_messages
 from pipeline.config import VLMConfig
 from pipeline.errors import VLMAuthError, VLMError, VLMNotConfiguredError, VLMUnavailableError
 from pipeline.types import Answer, PageHit, Usage
 
-__all__ = ["OpenAIAnswerer", "vlm_configured"]
+__all__ = ["ChatTransport", "OpenAIAnswerer", "vlm_configured"]
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,113 @@ def vlm_configured(config: VLMConfig) -> bool:
     return bool(config.base_url or config.api_key)
 
 
-def _display_url(url: str) -> str:
-    """The endpoint as shown in messages: no user:password@, no query string."""
-    return re.sub(r"//[^/@]*@", "//", url).split("?", 1)[0]
+# --------------------------------------------------------------------------- the answerer
+
+
+class OpenAIAnswerer:
+    """:class:`pipeline.answer.answerer.Answerer` over the ``openai`` chat-completions API.
+
+    The constructor only stores its arguments; clients are built on first use.
+    ``http_client``/``async_http_client`` replace the transport (tests pass an
+    ``httpx`` client with a ``MockTransport``); they stay the caller's to close.
+    ``backoff_s`` is the first retry delay, doubled per retry up to
+    ``max_backoff_s`` (a server's ``Retry-After`` wins when it sends one).
+    """
+
+    def __init__(
+        self,
+        config: VLMConfig,
+        *,
+        http_client: httpx.Client | None = None,
+        async_http_client: httpx.AsyncClient | None = None,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+    ) -> None:
+        self._config = config
+        self._transport = ChatTransport(
+            config,
+            http_client=http_client,
+            async_http_client=async_http_client,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIAnswerer(model={self.model!r}, endpoint={self.endpoint!r})"
+
+    @property
+    def model(self) -> str:
+        return self._config.model
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL requests go to, safe to print."""
+        return self._transport.endpoint
+
+    def answer(self, question: str, hits: Sequence[PageHit]) -> Answer:
+        body = self._request(question, hits, stream=False)
+        return self._parse(self._transport.create(body), hits)
+
+    def stream(self, question: str, hits: Sequence[PageHit]) -> StreamingAnswer:
+        body = self._request(question, hits, stream=True)
+        chunks = _chunks(self._transport.create(body), self._transport.stream_error)
+        return StreamingAnswer(chunks, hits, model=self.model)
+
+    async def aanswer(self, question: str, hits: Sequence[PageHit]) -> Answer:
+        # Loading and re-encoding k page images is CPU and store I/O: keep it off the loop.
+        body = await asyncio.to_thread(self._request, question, hits, stream=False)
+        return self._parse(await self._transport.acreate(body), hits)
+
+    async def astream(self, question: str, hits: Sequence[PageHit]) -> AsyncStreamingAnswer:
+        body = await asyncio.to_thread(self._request, question, hits, stream=True)
+        chunks = _achunks(await self._transport.acreate(body), self._transport.stream_error)
+        return AsyncStreamingAnswer(chunks, hits, model=self.model)
+
+    def close(self) -> None:
+        """Close the sync client if this answerer built it (injected clients are left open)."""
+        self._transport.close()
+
+    async def aclose(self) -> None:
+        """Close both clients this answerer built."""
+        await self._transport.aclose()
+
+    def _request(self, question: str, hits: Sequence[PageHit], *, stream: bool) -> dict[str, Any]:
+        """The chat-completions request body; shared by the sync and async paths."""
+        self._transport.check_configured()  # fail on a missing endpoint before loading images
+        config = self._config
+        body: dict[str, Any] = {
+            "model": config.model,
+            "messages": chat_messages(
+                question,
+                hits,
+                max_image_side=config.max_image_side,
+                jpeg_quality=config.jpeg_quality,
+            ),
+            "max_tokens": config.max_tokens,
+            "temperature": config.temperature,
+        }
+        if stream:
+            # Endpoints that ignore stream_options simply send no usage: usage stays None.
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        return body
+
+    def _parse(self, completion: Any, hits: Sequence[PageHit]) -> Answer:
+        if not isinstance(completion, ChatCompletion):
+            # The client hands back raw text when a 200 response is not JSON (a web page,
+            # a proxy): the base URL points somewhere that is not the API root.
+            raise VLMError(
+                f"the VLM endpoint {self.endpoint} did not return a chat completion; check "
+                "that vlm.base_url is the API root of an OpenAI-compatible server "
+                "(usually ending in /v1)"
+            )
+        if not completion.choices:
+            raise VLMError(
+                f"the VLM endpoint {self.endpoint} returned no answer for model {self.model!r}"
+            )
+        message = completion.choices[0].message
+        text = message.content or getattr(message, "refusal", None) or ""
+        model = completion.model or self.model
+        return finish_answer(text, hits, usage=_usage(completion.usage), model=model)
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -84,51 +190,70 @@ def _usage(raw: Any) -> Usage | None:
     )
 
 
+# --------------------------------------------------------------------------- streaming
+
+
 def _chunk(raw: ChatCompletionChunk) -> AnswerChunk:
     delta = raw.choices[0].delta if raw.choices else None
     text = (delta.content if delta is not None else None) or ""
     return AnswerChunk(text=text, usage=_usage(raw.usage), model=raw.model or None)
 
 
-def _error_code(exc: BaseException) -> str | None:
-    body = getattr(exc, "body", None)
-    code = body.get("code") if isinstance(body, Mapping) else None
-    return str(code) if code is not None else None
+def _chunks(
+    stream: openai.Stream[ChatCompletionChunk], translate: Callable[[BaseException], VLMError]
+) -> Iterator[AnswerChunk]:
+    """The stream's chunks; closes it also when the caller stops early."""
+    error: VLMError | None = None
+    try:
+        iterator = iter(stream)
+        while error is None:
+            try:
+                raw = next(iterator)
+            except StopIteration:
+                break
+            except _CALL_ERRORS as exc:
+                error = translate(exc)
+            else:
+                yield _chunk(raw)
+    finally:
+        stream.close()
+    if error is not None:
+        raise error  # outside the except block: no __context__ holding the request
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        if _error_code(exc) == "insufficient_quota":  # a 429 that waiting never fixes
-            return False
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return False
+async def _achunks(
+    stream: openai.AsyncStream[ChatCompletionChunk],
+    translate: Callable[[BaseException], VLMError],
+) -> AsyncIterator[AnswerChunk]:
+    """The async form of :func:`_chunks`."""
+    error: VLMError | None = None
+    try:
+        iterator = stream.__aiter__()
+        while error is None:
+            try:
+                raw = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            except _CALL_ERRORS as exc:
+                error = translate(exc)
+            else:
+                yield _chunk(raw)
+    finally:
+        await stream.close()
+    if error is not None:
+        raise error
 
 
-def _retry_after(exc: BaseException | None) -> float | None:
-    """The wait a 429/503 asked for (``retry-after-ms`` or ``retry-after`` seconds)."""
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        try:
-            seconds = float(response.headers.get(header, "")) * scale
-        except ValueError:
-            continue
-        if 0 <= seconds <= _MAX_RETRY_AFTER_S:
-            return seconds
-    return None
+# --------------------------------------------------------------------------- the transport
 
 
-class OpenAIAnswerer:
-    """:class:`pipeline.answer.answerer.Answerer` over the ``openai`` chat-completions API.
+class ChatTransport:
+    """The ``openai`` clients of one endpoint, with our retries and error translation.
 
-    The constructor only stores its arguments; clients are built on first use.
-    ``http_client``/``async_http_client`` replace the transport (tests pass an
-    ``httpx`` client with a ``MockTransport``); they stay the caller's to close.
-    ``backoff_s`` is the first retry delay, doubled per retry up to
-    ``max_backoff_s`` (a server's ``Retry-After`` wins when it sends one).
+    :meth:`create` / :meth:`acreate` send a chat-completions request body and
+    return what the client returns (a completion, or a stream when the body
+    asks for one); every library error comes out as a
+    :class:`~pipeline.errors.VLMError` that names the endpoint and what to do.
     """
 
     def __init__(
@@ -151,106 +276,51 @@ class OpenAIAnswerer:
         self._async_client: openai.AsyncOpenAI | None = None
         self._lock = threading.Lock()
 
-    def __repr__(self) -> str:
-        return f"OpenAIAnswerer(model={self.model!r}, endpoint={self.endpoint!r})"
-
-    @property
-    def model(self) -> str:
-        return self._config.model
-
     @property
     def endpoint(self) -> str:
-        """The base URL requests go to, safe to print."""
-        return _display_url(self._config.base_url or OPENAI_BASE_URL)
+        """The base URL requests go to, safe to print: no user:password@, no query string."""
+        url = self._config.base_url or OPENAI_BASE_URL
+        return re.sub(r"//[^/@]*@", "//", url).split("?", 1)[0]
 
-    # -- the Answerer protocol ----------------------------------------------------------
+    def check_configured(self) -> None:
+        """Raise :class:`VLMNotConfiguredError`, saying how to set one, without an endpoint."""
+        self._client_options()
 
-    def answer(self, question: str, hits: Sequence[PageHit]) -> Answer:
-        body = self._request(question, hits, stream=False)
-        completion = self._call(self._create, body)
-        return self._parse(completion, hits)
+    def create(self, body: dict[str, Any]) -> Any:
+        """``chat.completions.create(**body)``, retried; errors translated."""
+        try:
+            return tenacity.Retrying(**self._retry_policy())(self._create, body)
+        except _CALL_ERRORS as exc:
+            error = self._error(exc, attempts=self._config.max_retries + 1)
+        raise error  # outside the except block: no __context__ holding the request
 
-    def stream(self, question: str, hits: Sequence[PageHit]) -> StreamingAnswer:
-        body = self._request(question, hits, stream=True)
-        stream = self._call(self._create, body)
-        return StreamingAnswer(self._chunks(stream), hits, model=self.model)
+    async def acreate(self, body: dict[str, Any]) -> Any:
+        """Async :meth:`create`."""
+        send: Callable[[dict[str, Any]], Awaitable[Any]] = self._async_create
+        try:
+            return await tenacity.AsyncRetrying(**self._retry_policy())(send, body)
+        except _CALL_ERRORS as exc:
+            error = self._error(exc, attempts=self._config.max_retries + 1)
+        raise error
 
-    async def aanswer(self, question: str, hits: Sequence[PageHit]) -> Answer:
-        # Loading and re-encoding k page images is CPU and store I/O: keep it off the loop.
-        body = await asyncio.to_thread(self._request, question, hits, stream=False)
-        completion = await self._acall(self._async_create, body)
-        return self._parse(completion, hits)
-
-    async def astream(self, question: str, hits: Sequence[PageHit]) -> AsyncStreamingAnswer:
-        body = await asyncio.to_thread(self._request, question, hits, stream=True)
-        stream = await self._acall(self._async_create, body)
-        return AsyncStreamingAnswer(self._achunks(stream), hits, model=self.model)
+    def stream_error(self, exc: BaseException) -> VLMError:
+        """A stream's error mid-way, translated (streams are not retried)."""
+        return self._error(exc, attempts=1)
 
     def close(self) -> None:
-        """Close the sync client if this answerer built it (injected clients are left open)."""
+        """Close the sync client if this transport built it (injected clients are left open)."""
         client, self._client = self._client, None
         if client is not None and self._http_client is None:
             client.close()
 
     async def aclose(self) -> None:
-        """Close both clients this answerer built."""
+        """Close both clients this transport built."""
         self.close()
         client, self._async_client = self._async_client, None
         if client is not None and self._async_http_client is None:
             await client.close()
 
-    # -- request and response: shared by the sync and async paths --------------------------
-
-    def _request(self, question: str, hits: Sequence[PageHit], *, stream: bool) -> dict[str, Any]:
-        self._client_options()  # fail on a missing endpoint before loading any image
-        check_answer_inputs(question, hits)
-        content: list[dict[str, Any]] = []
-        for part in user_message_layout(question, hits):
-            if isinstance(part, PagePart):
-                content.append({"type": "image_url", "image_url": {"url": self._data_url(part)}})
-            else:
-                content.append({"type": "text", "text": part.text})
-        body: dict[str, Any] = {
-            "model": self._config.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": content},
-            ],
-            "max_tokens": self._config.max_tokens,
-            "temperature": self._config.temperature,
-        }
-        if stream:
-            # Endpoints that ignore stream_options simply send no usage: usage stays None.
-            body |= {"stream": True, "stream_options": {"include_usage": True}}
-        return body
-
-    def _data_url(self, part: PagePart) -> str:
-        import base64
-
-        jpeg = prepare_page_jpeg(
-            part.hit, max_side=self._config.max_image_side, quality=self._config.jpeg_quality
-        )
-        return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-    def _parse(self, completion: Any, hits: Sequence[PageHit]) -> Answer:
-        if not isinstance(completion, ChatCompletion):
-            # The client hands back raw text when a 200 response is not JSON (a web page,
-            # a proxy): the base URL points somewhere that is not the API root.
-            raise VLMError(
-                f"the VLM endpoint {self.endpoint} did not return a chat completion; check "
-                "that vlm.base_url is the API root of an OpenAI-compatible server "
-                "(usually ending in /v1)"
-            )
-        if not completion.choices:
-            raise VLMError(
-                f"the VLM endpoint {self.endpoint} returned no answer for model {self.model!r}"
-            )
-        message = completion.choices[0].message
-        text = message.content or getattr(message, "refusal", None) or ""
-        model = completion.model or self.model
-        return finish_answer(text, hits, usage=_usage(completion.usage), model=model)
-
-    # -- clients ----------------------------------------------------------------------------
+    # -- clients ----------------------------------------------------------------------
 
     def _client_options(self) -> dict[str, Any]:
         config = self._config
@@ -284,7 +354,15 @@ class OpenAIAnswerer:
                 )
             return self._async_client
 
-    # -- retries and errors -------------------------------------------------------------
+    def _create(self, body: dict[str, Any]) -> Any:
+        return self._sync().chat.completions.create(**body)
+
+    async def _async_create(self, body: dict[str, Any]) -> Any:
+        # A coroutine function, not a lambda returning a coroutine: AsyncRetrying
+        # awaits only what it recognises as async, and would retry nothing otherwise.
+        return await self._async().chat.completions.create(**body)
+
+    # -- retries ------------------------------------------------------------------------
 
     def _retry_policy(self) -> dict[str, Any]:
         return {
@@ -316,67 +394,7 @@ class OpenAIAnswerer:
             self._config.max_retries + 1,
         )
 
-    def _create(self, body: dict[str, Any]) -> Any:
-        return self._sync().chat.completions.create(**body)
-
-    def _call(self, send: Callable[[dict[str, Any]], T], body: dict[str, Any]) -> T:
-        try:
-            return tenacity.Retrying(**self._retry_policy())(send, body)
-        except _CALL_ERRORS as exc:
-            error = self._error(exc, attempts=self._config.max_retries + 1)
-        raise error  # outside the except block: no __context__ holding the request
-
-    async def _async_create(self, body: dict[str, Any]) -> Any:
-        # A coroutine function, not a lambda returning a coroutine: AsyncRetrying
-        # awaits only what it recognises as async, and would retry nothing otherwise.
-        return await self._async().chat.completions.create(**body)
-
-    async def _acall(
-        self, send: Callable[[dict[str, Any]], Awaitable[T]], body: dict[str, Any]
-    ) -> T:
-        try:
-            return await tenacity.AsyncRetrying(**self._retry_policy())(send, body)
-        except _CALL_ERRORS as exc:
-            error = self._error(exc, attempts=self._config.max_retries + 1)
-        raise error
-
-    def _chunks(self, stream: openai.Stream[ChatCompletionChunk]) -> Iterator[AnswerChunk]:
-        error: VLMError | None = None
-        try:
-            iterator = iter(stream)
-            while error is None:
-                try:
-                    raw = next(iterator)
-                except StopIteration:
-                    break
-                except _CALL_ERRORS as exc:
-                    error = self._error(exc, attempts=1)
-                else:
-                    yield _chunk(raw)
-        finally:
-            stream.close()  # also when the caller stops early
-        if error is not None:
-            raise error
-
-    async def _achunks(
-        self, stream: openai.AsyncStream[ChatCompletionChunk]
-    ) -> AsyncIterator[AnswerChunk]:
-        error: VLMError | None = None
-        try:
-            iterator = stream.__aiter__()
-            while error is None:
-                try:
-                    raw = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
-                except _CALL_ERRORS as exc:
-                    error = self._error(exc, attempts=1)
-                else:
-                    yield _chunk(raw)
-        finally:
-            await stream.close()
-        if error is not None:
-            raise error
+    # -- errors -------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
         """Mask the key (and anything key-like: some servers echo part of it)."""
@@ -414,7 +432,10 @@ class OpenAIAnswerer:
             )
         if not isinstance(exc, openai.APIStatusError):
             return VLMError(f"{where} failed: {self._detail(exc)}")
-        status, detail, model = exc.status_code, self._detail(exc), self.model
+        return self._status_error(exc, where, tried)
+
+    def _status_error(self, exc: openai.APIStatusError, where: str, tried: str) -> VLMError:
+        status, detail, model = exc.status_code, self._detail(exc), self._config.model
         if status in (401, 403):
             return VLMAuthError(
                 f"{where} refused the credentials (HTTP {status}: {detail}); check vlm.api_key "
@@ -435,3 +456,34 @@ class OpenAIAnswerer:
         return VLMError(
             f"{where} rejected the request for model {model!r} (HTTP {status}: {detail}); {hint}"
         )
+
+
+def _error_code(exc: BaseException) -> str | None:
+    body = getattr(exc, "body", None)
+    code = body.get("code") if isinstance(body, Mapping) else None
+    return str(code) if code is not None else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        if _error_code(exc) == "insufficient_quota":  # a 429 that waiting never fixes
+            return False
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return False
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The wait a 429/503 asked for (``retry-after-ms`` or ``retry-after`` seconds)."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            seconds = float(response.headers.get(header, "")) * scale
+        except ValueError:
+            continue
+        if 0 <= seconds <= _MAX_RETRY_AFTER_S:
+            return seconds
+    return None

@@ -9,7 +9,7 @@ and cites them. No OCR, no chunking.
 >>> rag = PageRAG.from_config()  # doctest: +SKIP
 """
 
-from pipeline.api import PageRAG, Status
+from pipeline.api import PageRAG, SearchOptions, Status
 from pipeline.config import PageRAGConfig, load_config
 from pipeline.ingest.job import FileOutcome, IngestReport
 from pipeline.types import Answer, PageFilter, PageHit
@@ -22,6 +22,7 @@ __all__ = [
     "PageHit",
     "PageRAG",
     "PageRAGConfig",
+    "SearchOptions",
     "Status",
     "load_config",
 ]

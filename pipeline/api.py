@@ -5,6 +5,11 @@ This is the composition root: it picks the adapters named by the config
 them into the pipeline stages. Everything is built lazily, so constructing a
 ``PageRAG`` is cheap and ``search`` never needs a VLM.
 
+What is not wiring lives in the stages: search planning in
+:mod:`pipeline.retrieve.planning`, opening and checking the collection in
+:mod:`pipeline.retrieve.collection`, finding documents and the status in
+:mod:`pipeline.retrieve.inventory`.
+
 Async methods run the same sync code in a worker thread (the work is CPU-
 bound embedding and a blocking store call), so there is one body per
 operation, not a sync/async pair of copies.
@@ -15,162 +20,64 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import re
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pipeline.config import PageRAGConfig, load_config
-from pipeline.embed.pooling import POOLED_VECTORS, supports_pooling
-from pipeline.embed.protocol import PageEmbedder, identity_of
-from pipeline.errors import (
-    CollectionMismatchError,
-    CollectionNotFoundError,
-    QueryError,
-)
+from pipeline.embed.protocol import PageEmbedder
+from pipeline.errors import CollectionNotFoundError, QueryError
 from pipeline.ingest.job import FileOutcome, IngestJob, IngestProgress, IngestReport
-from pipeline.retrieve.store import PageStore, weights_problem, weights_remedy
-from pipeline.types import (
-    LIMIT_KEYS,
-    Answer,
-    CollectionSpec,
-    DocumentRecord,
-    PageFilter,
-    PageHit,
-    StoreStats,
+from pipeline.retrieve.collection import CollectionGate, check_model, wanted_spec
+from pipeline.retrieve.inventory import (
+    Status,
+    find_documents,
+    measure_tokens,
+    vector_bytes_per_page,
 )
+from pipeline.retrieve.planning import (
+    MAX_K,
+    Mode,
+    SearchOptions,
+    SearchPlan,
+    parse_filter,
+    plan_search,
+)
+from pipeline.retrieve.store import PageStore
+from pipeline.types import LIMIT_KEYS, Answer, CollectionSpec, DocumentRecord, PageHit
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from pipeline.answer.answerer import Answerer, StreamingAnswer
     from pipeline.evaluate.explain import Explanation, MapKind
+    from pipeline.ingest.ray_engine import RayIngestJob
     from pipeline.ingest.render import Renderer
+    from pipeline.retrieve.planning import SearchArgs
     from pipeline.retrieve.reindex import ReindexProgress, ReindexReport
 
-__all__ = ["PageRAG", "Status", "parse_filter"]
+# MAX_K, Mode, parse_filter and vector_bytes_per_page live in pipeline.retrieve and stay
+# importable from here, where they used to be.
+__all__ = [
+    "MAX_K",
+    "Mode",
+    "PageRAG",
+    "SearchOptions",
+    "Status",
+    "build_answerer",
+    "build_embedder",
+    "build_store",
+    "parse_filter",
+    "vector_bytes_per_page",
+]
 
 log = logging.getLogger("pagerag")
 
-Mode = Literal["exact", "two_stage", "auto"]
-MAX_K = 1000
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SHORT_ID = re.compile(r"^[0-9a-f]{4,63}$")
-
-
-@dataclass(frozen=True)
-class Status:
-    """What ``pagerag status`` shows."""
-
-    stats: StoreStats
-    spec: CollectionSpec | None
-    configured_model: str
-    documents: tuple[DocumentRecord, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        spec = self.spec
-        # The weights that made the vectors, as the manifest records them (None
-        # for a collection written before pagerag fingerprinted weights).
-        identity = None if spec is None else spec.identity
-        return {
-            "collection": self.stats.collection,
-            "engine": self.stats.engine,
-            "location": self.stats.location,
-            "model": self.stats.model if identity is None else identity.label,
-            "model_source": None if identity is None else identity.source,
-            "model_fingerprint": None if identity is None else identity.fingerprint,
-            "model_stand_in": None if identity is None else identity.stand_in,
-            "configured_model": self.configured_model,
-            "documents": self.stats.documents,
-            "pages": self.stats.pages,
-            "bytes_on_disk": self.stats.bytes_on_disk,
-            "bytes_per_page": (
-                round(self.stats.bytes_on_disk / self.stats.pages)
-                if self.stats.bytes_on_disk and self.stats.pages
-                else None
-            ),
-            "vector_bytes_per_page": None if spec is None else vector_bytes_per_page(spec),
-            "vectors": None
-            if spec is None
-            else {
-                "full": spec.full_vector,
-                "pooled": list(spec.pooled),
-                "dim": spec.dim,
-                "datatype": spec.datatype,
-                "quantization": spec.quantization,
-            },
-        }
-
-
-_WIDTH = {"float16": 2, "float32": 4}
-_CODE = {"none": 0.0, "scalar": 1.0, "binary": 1 / 8}
-
-
-def vector_bytes_per_page(spec: CollectionSpec) -> dict[str, Any] | None:
-    """Vector bytes per page in this collection, and under every storage option.
-
-    Computed from the model's layout (tokens per page, patch grid) and the pooled
-    vectors stored; matches measured on-disk sizes within ~1.5% (docs/retrieval.md).
-    None for models without a fixed token count.
-    """
-    from pipeline.models import MODELS
-
-    model = MODELS.get(spec.model)
-    if model is None or model.tokens_per_page is None:
-        return None
-    rows, cols = model.patch_grid or (0, 0)
-    extra = model.tokens_per_page - rows * cols
-    per_name = {"rows": rows + extra, "cols": cols + extra}
-    pooled_tokens = sum(per_name.get(name, 0) for name in spec.pooled)
-    tokens = model.tokens_per_page + pooled_tokens
-
-    def total(datatype: str, quantization: str) -> int:
-        return round(tokens * spec.dim * (_WIDTH[datatype] + _CODE[quantization]))
-
-    width = _WIDTH[spec.datatype]
-    return {
-        "full": model.tokens_per_page * spec.dim * width,
-        "pooled": pooled_tokens * spec.dim * width,
-        "quantized": round(tokens * spec.dim * _CODE[spec.quantization]),
-        "total": total(spec.datatype, spec.quantization),
-        "options": {
-            "float16": total("float16", "none"),
-            "float32": total("float32", "none"),
-            "scalar": total("float16", "scalar"),
-            "binary": total("float16", "binary"),
-        },
-    }
-
-
-def parse_filter(value: PageFilter | Mapping[str, Any] | None) -> PageFilter | None:
-    """Build a :class:`PageFilter` from a user's dict.
-
-    Keys: ``document_id`` (str or list), ``source`` (a file or folder path;
-    relative paths are resolved against the current directory, like at
-    ingest), anything else is user metadata from ``ingest --meta``.
-    """
-    if value is None or isinstance(value, PageFilter):
-        return value
-    if not isinstance(value, Mapping):
-        raise QueryError(f"filter must be a mapping or PageFilter, got {type(value).__name__}")
-    document_ids: tuple[str, ...] = ()
-    source = None
-    metadata: dict[str, str] = {}
-    for key, item in value.items():
-        if key in ("document_id", "document_ids"):
-            document_ids = (item,) if isinstance(item, str) else tuple(item)
-        elif key in ("source", "source_prefix"):
-            source = _absolute(str(item))
-        else:
-            metadata[str(key)] = str(item)
-    return PageFilter(document_ids=document_ids, source_prefix=source, metadata=metadata)
-
-
-def _absolute(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
+T = TypeVar("T")
 
 
 class PageRAG:
@@ -182,6 +89,10 @@ class PageRAG:
 
     Pass ready-made parts (``embedder=``, ``store=`` …) to replace the ones
     the config would build, e.g. the fakes in ``pipeline.testing``.
+
+    ``search``, ``ask``, ``ask_stream``, ``asearch`` and ``aask`` take the same
+    :class:`SearchOptions` (``k``, ``filter``, ``mode``): as a value, as ``k``
+    alone, or as keywords — ``rag.search(q, k=5, filter={"source": "q3.pdf"})``.
     """
 
     def __init__(
@@ -195,11 +106,13 @@ class PageRAG:
     ) -> None:
         self.config = config or PageRAGConfig()
         self._embedder = embedder
+        self._parts_given = {"embedder": embedder is not None, "store": store is not None}
         self._store = store
         self._renderer = renderer
         self._answerer = answerer
-        self._opened = False
-        self._weights_checked = False  # opened with the embedder's identity
+        self._gate = CollectionGate(
+            self.config.store, token_pooling=self.config.embedding.pooling_factor
+        )
         self._lock = threading.RLock()
 
     @classmethod
@@ -209,116 +122,55 @@ class PageRAG:
 
     # -- parts, built on first use ------------------------------------------------
 
+    def _part(self, slot: str, build: Callable[[PageRAGConfig], T]) -> T:
+        """The part in ``slot``: the one passed in, else built from the config once."""
+        with self._lock:
+            part: T | None = getattr(self, slot)
+            if part is None:
+                part = build(self.config)
+                setattr(self, slot, part)
+            return part
+
     @property
     def embedder(self) -> PageEmbedder:
-        with self._lock:
-            if self._embedder is None:
-                from connectors.fastembed import FastEmbedColPali
-
-                self._embedder = FastEmbedColPali(self.config.embedding)
-            return self._embedder
+        """Embeds pages and queries (:func:`build_embedder`; the model loads on first use)."""
+        return self._part("_embedder", build_embedder)
 
     @property
     def store(self) -> PageStore:
-        """The page store, not yet opened on the collection."""
-        with self._lock:
-            if self._store is None:
-                self._store = build_store(self.config)
-            return self._store
+        """The page store (:func:`build_store`), not yet opened on the collection."""
+        return self._part("_store", build_store)
 
     @property
     def renderer(self) -> Renderer:
-        with self._lock:
-            if self._renderer is None:
-                from pipeline.ingest.render import Renderer
-
-                self._renderer = Renderer(self.config.render)
-            return self._renderer
+        """Renders documents to page images (poppler)."""
+        return self._part("_renderer", _build_renderer)
 
     @property
     def answerer(self) -> Answerer:
         """The VLM; a stand-in that explains how to configure one when none is set."""
-        with self._lock:
-            if self._answerer is None:
-                if self.config.vlm.base_url or self.config.vlm.api_key:
-                    from connectors.openai_vlm import OpenAIAnswerer
-
-                    self._answerer = OpenAIAnswerer(self.config.vlm)
-                else:
-                    from pipeline.answer.answerer import NoVLMAnswerer
-
-                    self._answerer = NoVLMAnswerer()
-            return self._answerer
+        return self._part("_answerer", build_answerer)
 
     def wanted_spec(self, *, weights: bool = True) -> CollectionSpec:
-        """The collection the config asks for (pooled vectors when the model has a grid).
-
-        With ``weights`` it names the exact weights too (the embedder's
-        identity: their files are located and fingerprinted, not loaded), so
-        opening refuses a collection filled by other weights.
-        """
-        model = self.embedder.spec
-        store = self.config.store
-        return CollectionSpec(
-            name=store.collection,
-            model=model.name,
-            dim=model.dim,
-            pooled=POOLED_VECTORS if supports_pooling(model) else (),
-            datatype=store.datatype,
-            quantization=store.quantization,
-            on_disk=store.on_disk,
-            identity=identity_of(self.embedder) if weights else None,
-        )
+        """The collection the config asks for: see :mod:`pipeline.retrieve.collection`."""
+        return wanted_spec(self.config.store, self.embedder, weights=weights)
 
     def _open(self, *, create: bool, weights: bool = False) -> CollectionSpec:
         """Open (or create) the collection and return the spec recorded in it.
 
-        ``weights``: for commands that embed (ingest, search): the store
-        checks the configured weights against the ones that filled the
-        collection (and records them in a collection that predates weight
-        fingerprints). Reading commands (status, delete, reindex --pooled)
-        leave it off and need no model files.
+        ``weights``: for commands that embed (ingest, search): the model and the
+        weights must be the ones that filled the collection. Reading commands
+        (status, delete, reindex --pooled) leave it off and need no model files.
         """
         with self._lock:
-            store = self.store
-            if not self._opened:
-                recorded = store.spec()
-                # Nothing to check (or record) without a collection, unless creating one:
-                # a search before any ingest says "nothing ingested", not "model missing".
-                check = weights and (create or recorded is not None)
-                wanted = self.wanted_spec(weights=check)
-                if recorded is not None:
-                    # Keep an existing collection's pooled vectors as they are: adding
-                    # them here would leave older pages without them. Upgrading is
-                    # `pagerag reindex --pooled`.
-                    wanted = dataclasses.replace(wanted, pooled=recorded.pooled)
-                store.open(wanted, create=create)
-                self._opened = True
-                self._weights_checked = check
-            recorded = store.spec()
-            if recorded is None:  # pragma: no cover - adapters record on create
-                raise CollectionNotFoundError(
-                    f"collection {self.config.store.collection!r} has no manifest"
-                )
-            if weights and not self._weights_checked:
-                # Opened earlier by a reading command, without the weights.
-                if recorded.identity is None and recorded.model == self.embedder.spec.name:
-                    # Predates fingerprints: reopen with them, so the store adopts them.
-                    wanted = self.wanted_spec(weights=True)
-                    store.open(dataclasses.replace(wanted, pooled=recorded.pooled), create=False)
-                    recorded = store.spec() or recorded
-                else:
-                    self._check_weights(recorded)
-                self._weights_checked = True
-            return recorded
+            return self._gate.open(self.store, self.embedder, create=create, weights=weights)
 
     def close(self) -> None:
         """Release the store (the embedded engine's directory lock)."""
         with self._lock:
             if self._store is not None:
                 self._store.close()
-            self._opened = False
-            self._weights_checked = False
+            self._gate.reset()
 
     def __enter__(self) -> PageRAG:
         return self
@@ -337,11 +189,18 @@ class PageRAG:
         progress: Callable[[IngestProgress], None] | None = None,
         handle_signals: bool = False,
         retry_incomplete: bool = False,
+        stop: threading.Event | None = None,
+        engine: Literal["local", "ray"] | None = None,
     ) -> IngestReport:
         """Ingest files, folders (recursively) and globs; see :mod:`pipeline.ingest.job`.
 
+        ``engine`` (None: ``ingest.engine``): ``local``, threads on this machine, or
+        ``ray``, the same stages on a Ray cluster (:mod:`pipeline.ingest.ray_engine`,
+        settings in ``ray``); both return the same report.
+
         With ``handle_signals`` (the CLI sets it) SIGINT/SIGTERM stop the job
-        after the batch in flight and the report so far is returned.
+        after the batch in flight and the report so far is returned; so does
+        setting ``stop`` (``pagerag serve`` cancels jobs with it).
         Documents stored incomplete (truncated, timed out, failed pages) are
         redone when a render limit changed since, or always with
         ``retry_incomplete``. ``metadata`` replaces the metadata of files
@@ -355,133 +214,77 @@ class PageRAG:
             for item in discovery.missing
         ]
         spec = self._open(create=True, weights=True)
-        self._check_model(spec)
         book = PasswordBook(self.config.render, default=password)
-        job = IngestJob(
-            store=self.store,
-            embedder=self.embedder,
-            renderer=self.renderer,
-            spec=spec,
-            hash_file=hash_file,
-            password_for=book.password_for,
-            render_workers=self.config.render.workers,
-            embed_batch=self.config.embedding.batch_size,
-            upsert_batch=self.config.store.upsert_batch,
-            queue_pages=self.config.ingest.queue_pages,
-            store_images=self.config.ingest.store_images,
-            metadata=dict(metadata or {}),
-            progress=progress,
-            limits={key: getattr(self.config.render, key) for key in LIMIT_KEYS},
-            retry_incomplete=retry_incomplete,
-        )
+        common: dict[str, Any] = {
+            "store": self.store,
+            "renderer": self.renderer,
+            "spec": spec,
+            "hash_file": hash_file,
+            "password_for": book.password_for,
+            "embed_batch": self.config.embedding.batch_size,
+            "upsert_batch": self.config.store.upsert_batch,
+            "store_images": self.config.ingest.store_images,
+            "metadata": dict(metadata or {}),
+            "progress": progress,
+            "limits": {key: getattr(self.config.render, key) for key in LIMIT_KEYS},
+            "retry_incomplete": retry_incomplete,
+        }
+        job: IngestJob | RayIngestJob
+        if (engine or self.config.ingest.engine) == "ray":
+            job = self._ray_job(common)
+        else:
+            job = IngestJob(
+                embedder=self.embedder,
+                render_workers=self.config.render.workers,
+                queue_pages=self.config.ingest.queue_pages,
+                **common,
+            )
+        if stop is not None:
+            job.stop_event = stop
         aliases = {f.path: f.given for f in discovery.files if f.given}
         with _stop_on_signals(job.request_stop, enabled=handle_signals):
             return job.run([f.path for f in discovery.files], failed=missing, aliases=aliases)
 
-    def _check_model(self, spec: CollectionSpec, *, weights: bool = True) -> None:
-        """Refuse a collection another model (or, with ``weights``, other weights) filled.
+    def _ray_job(self, common: dict[str, Any]) -> RayIngestJob:
+        """The Ray engine: each embed actor builds the embedder from the config (or gets
+        a copy of the one passed in); writer actors only for a Qdrant server."""
+        from pipeline.ingest.ray_engine import RayIngestJob
 
-        The store already refused on open; this holds for any store adapter.
-        """
-        configured = self.embedder.spec
-        if spec.model != configured.name or spec.dim != configured.dim:
-            raise CollectionMismatchError(
-                f"collection {spec.name!r} was built with {spec.model} (dim {spec.dim}) but "
-                f"embedding.model is {configured.name} (dim {configured.dim}). Set "
-                f"embedding.model back to {spec.model}, or use another store.collection."
-            )
-        if weights:
-            self._check_weights(spec)
-
-    def _check_weights(self, spec: CollectionSpec) -> None:
-        """Refuse a collection filled by other weights than the embedder's."""
-        wanted = dataclasses.replace(spec, identity=identity_of(self.embedder))
-        problem = weights_problem(spec, wanted)
-        if problem:
-            raise CollectionMismatchError(
-                f"collection {spec.name!r}: {problem}. To fix it: use another "
-                "store.collection (a new collection) and re-ingest into it, or delete this "
-                "collection and re-ingest to re-embed every page with the configured weights"
-                f"{weights_remedy(spec, wanted)}."
-            )
+        config = self.config
+        given = self._parts_given
+        make_embedder = (
+            partial(_same, self.embedder) if given["embedder"] else partial(build_embedder, config)
+        )
+        server = bool(config.store.url) and config.store.url != ":memory:" and not given["store"]
+        return RayIngestJob(
+            make_embedder=make_embedder,
+            make_store=partial(build_store, config) if server else None,
+            settings=config.ray,
+            **common,
+        )
 
     # -- manage ------------------------------------------------------------------
 
     def status(self) -> Status:
-        store = self.store
-        spec: CollectionSpec | None
+        """The collection, its model and weights, documents, pages and bytes."""
         try:
             spec = self._open(create=False)
         except CollectionNotFoundError:
-            spec = None
-        if spec is None:
-            stats = StoreStats(
-                collection=self.config.store.collection,
-                model=None,
-                documents=0,
-                pages=0,
-                bytes_on_disk=None,
-                engine="qdrant-server" if self.config.store.url else "qdrant-edge",
-                location=self.config.store.url or str(self.config.store.path),
-            )
-            return Status(stats, None, self.config.embedding.model, ())
-        return Status(store.stats(), spec, self.config.embedding.model, tuple(store.documents()))
+            return Status.empty(self.config.store, self.config.embedding.model)
+        documents = tuple(self.store.documents())
+        measured = measure_tokens(self.store, spec)  # pages whose vector count varies
+        return Status(self.store.stats(), spec, self.config.embedding.model, documents, measured)
 
     def documents(self) -> list[DocumentRecord]:
         self._open(create=False)
         return self.store.documents()
 
     def find_documents(self, target: str | Path) -> list[DocumentRecord]:
-        """The documents ``delete(target)`` would remove, without removing them.
-
-        ``target`` is a document id, a unique prefix of one (the short id
-        ``status --documents`` shows), a file path (resolved, or as given when
-        it was a symlink) or a folder (every document under it). Documents a
-        killed job left without a completion mark are found too: they come
-        back as records with ``page_count`` 0 and ``incomplete="unfinished"``.
-        Raises ``QueryError`` listing the matches when a prefix is ambiguous.
-        """
+        """The documents ``delete(target)`` would remove, without removing them: a
+        document id or a unique prefix of one, a file or a folder; see
+        :func:`pipeline.retrieve.inventory.find_documents`."""
         self._open(create=False)
-        store = self.store
-        text = str(target)
-        ids: set[str] = set()
-        if _SHA256.match(text):
-            ids = store.document_ids(PageFilter(document_ids=(text,)))
-        elif _SHORT_ID.match(text) and not os.path.exists(text):
-            ids = self._by_prefix(text)
-        if not ids:
-            path = _absolute(text)
-            for name in {path, os.path.realpath(path)}:
-                ids |= store.document_ids(PageFilter(source_prefix=name))
-        return [self._record_or_leftover(i) for i in sorted(ids)]
-
-    def _by_prefix(self, prefix: str) -> set[str]:
-        matches = [r for r in self.store.documents() if r.document_id.startswith(prefix)]
-        if len(matches) > 1:
-            listed = "; ".join(f"{r.document_id[:16]} {r.source}" for r in matches[:10])
-            more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
-            raise QueryError(
-                f"document id prefix {prefix!r} is ambiguous: it matches {len(matches)} "
-                f"documents ({listed}{more}); give more characters"
-            )
-        return {r.document_id for r in matches}
-
-    def _record_or_leftover(self, document_id: str) -> DocumentRecord:
-        record = self.store.get_document(document_id)
-        if record is not None:
-            return record
-        pages = self.store.count_pages(PageFilter(document_ids=(document_id,)))
-        return DocumentRecord(
-            document_id=document_id,
-            source="",
-            file_name="",
-            page_count=0,
-            total_pages=pages,
-            ingested_at="",
-            model="",
-            bytes=0,
-            incomplete="unfinished",
-        )
+        return find_documents(self.store, target)
 
     def delete(self, target: str | Path) -> list[DocumentRecord]:
         """Delete what :meth:`find_documents` finds: pages, stored images and marks.
@@ -496,148 +299,79 @@ class PageRAG:
     # -- search and ask ----------------------------------------------------------
 
     def search(
-        self,
-        query: str,
-        k: int | None = None,
-        *,
-        filter: PageFilter | Mapping[str, Any] | None = None,
-        mode: Mode | None = None,
+        self, query: str, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
     ) -> list[PageHit]:
-        """The ``k`` pages that best match ``query`` by late interaction (MaxSim)."""
+        """The pages that best match ``query`` by late interaction (MaxSim).
+
+        ``options``: a :class:`SearchOptions`, or ``k``; keywords ``k``, ``filter``
+        and ``mode`` override it. Defaults come from ``retrieval``.
+        """
+        return self._search(query, SearchOptions.of(options, **given))
+
+    def _search(self, query: str, options: SearchOptions) -> list[PageHit]:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query is empty: pass a question or some words to search for")
-        k = self.config.retrieval.k if k is None else k
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-        flt = parse_filter(filter)
-        spec = self._open(create=False, weights=True)
-        self._check_model(spec)
-        vectors = self._embed_query(query)
+        plan = self._planned(options)
+        vectors = _embed_query(self.embedder, query)
         store = self.store
-        using, prefetch = self._plan(spec, mode, k)
         scored = store.search(
-            vectors,
-            k=k,
-            filter=flt if flt is not None and not flt.is_empty() else None,
-            using=using,
-            prefetch=prefetch,
+            vectors, k=plan.k, filter=plan.filter, using=plan.using, prefetch=list(plan.prefetch)
         )
-        return [self._hit(s.point_id, s.score, s.payload) for s in scored]
+        return [_hit(store, s.point_id, s.score, s.payload) for s in scored]
 
-    def _embed_query(self, query: str) -> Any:
-        embedder = self.embedder
-        limit = embedder.query_token_limit()
-        vectors = embedder.embed_query(query)
-        if vectors.shape[0] >= limit:
-            log.warning(
-                "the query is longer than the model's limit of %d tokens and was truncated", limit
-            )
-        return vectors
+    def plan(
+        self, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
+    ) -> SearchPlan:
+        """How :meth:`search` with these options would search the collection: the mode
+        ``auto`` resolves to, the prefetch, ``k`` and the filter (nothing is embedded)."""
+        return self._planned(SearchOptions.of(options, **given))
 
-    def _plan(
-        self, spec: CollectionSpec, mode: Mode | None, k: int
-    ) -> tuple[str | None, list[tuple[str, int]]]:
-        """Exact MaxSim over every page, or pooled prefetch + exact rerank."""
-        retrieval = self.config.retrieval
-        chosen = mode or retrieval.mode
-        if chosen not in ("exact", "two_stage", "auto"):
-            raise QueryError(f"mode must be exact, two_stage or auto, got {chosen!r}")
-        if chosen == "two_stage" and not spec.pooled:
-            raise QueryError(
-                f"collection {spec.name!r} has no pooled vectors, so two_stage retrieval is "
-                "unavailable: run `pagerag reindex --pooled` or search with --mode exact"
-            )
-        if chosen == "auto":
-            chosen = (
-                "two_stage"
-                if spec.pooled and self.store.count_pages() >= retrieval.two_stage_min_pages
-                else "exact"
-            )
-        if chosen == "exact":
-            return None, []
-        limit = max(retrieval.prefetch_k, k)
-        names = [name for name in retrieval.prefetch_vectors if name in spec.pooled]
-        return None, [(name, limit) for name in names or spec.pooled]
-
-    def _hit(self, point_id: str, score: float, payload: Mapping[str, Any]) -> PageHit:
-        store = self.store
-
-        def load() -> bytes:
-            data = store.page_image(point_id)
-            if data is None:
-                raise LookupError(
-                    f"no image stored for page {payload.get('page')} of {payload.get('source')}: "
-                    "re-ingest with ingest.store_images: true"
-                )
-            return data
-
-        return PageHit(
-            point_id=point_id,
-            document_id=str(payload.get("document_id", "")),
-            source=str(payload.get("source", "")),
-            page_number=int(payload.get("page", 0)),
-            score=float(score),
-            payload=dict(payload),
-            image_loader=load,
-        )
+    def _planned(self, options: SearchOptions) -> SearchPlan:
+        spec = self._open(create=False, weights=True)
+        return plan_search(options, spec, self.config.retrieval, self.store.count_pages)
 
     def ask(
-        self,
-        question: str,
-        k: int | None = None,
-        *,
-        filter: PageFilter | Mapping[str, Any] | None = None,
-        mode: Mode | None = None,
+        self, question: str, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
     ) -> Answer:
-        """Retrieve ``k`` pages and have the VLM answer from them, citing pages.
+        """Retrieve pages (as :meth:`search`) and have the VLM answer from them, citing pages.
 
         Without a VLM configured, the answer lists the retrieved pages and
         says how to configure one (``answered`` is False).
         """
-        hits = self.search(question, k, filter=filter, mode=mode)
-        return _nothing_found(self, filter) if not hits else self.answerer.answer(question, hits)
+        opts = SearchOptions.of(options, **given)
+        hits = self._search(question, opts)
+        return self.answerer.answer(question, hits) if hits else _nothing_found(self.config, opts)
 
     def ask_stream(
-        self,
-        question: str,
-        k: int | None = None,
-        *,
-        filter: PageFilter | Mapping[str, Any] | None = None,
-        mode: Mode | None = None,
+        self, question: str, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
     ) -> StreamingAnswer:
         """Like :meth:`ask`, but iterate the result for text as the VLM writes it;
         ``.answer`` then gives the final :class:`Answer`."""
         from pipeline.answer.answerer import StreamingAnswer
 
-        hits = self.search(question, k, filter=filter, mode=mode)
+        opts = SearchOptions.of(options, **given)
+        hits = self._search(question, opts)
         if not hits:
-            return StreamingAnswer.completed(_nothing_found(self, filter))
+            return StreamingAnswer.completed(_nothing_found(self.config, opts))
         return self.answerer.stream(question, hits)
 
     async def asearch(
-        self,
-        query: str,
-        k: int | None = None,
-        *,
-        filter: PageFilter | Mapping[str, Any] | None = None,
-        mode: Mode | None = None,
+        self, query: str, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
     ) -> list[PageHit]:
         """Async :meth:`search` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.search, query, k, filter=filter, mode=mode)
+        return await asyncio.to_thread(self._search, query, SearchOptions.of(options, **given))
 
     async def aask(
-        self,
-        question: str,
-        k: int | None = None,
-        *,
-        filter: PageFilter | Mapping[str, Any] | None = None,
-        mode: Mode | None = None,
+        self, question: str, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
     ) -> Answer:
         """Async :meth:`ask`: retrieval in a worker thread, then the VLM's async client."""
-        hits = await self.asearch(question, k, filter=filter, mode=mode)
+        opts = SearchOptions.of(options, **given)
+        hits = await asyncio.to_thread(self._search, question, opts)
         if not hits:
-            return _nothing_found(self, filter)
+            return _nothing_found(self.config, opts)
         return await self.answerer.aanswer(question, hits)
+
+    # -- explain and upgrade -------------------------------------------------------
 
     def explain(
         self,
@@ -653,8 +387,7 @@ class PageRAG:
         from pipeline.evaluate.explain import check_explain_request, explain_stored
 
         check_explain_request(self.embedder.spec, query, hit, kind)  # before opening anything
-        collection = self._open(create=False, weights=True)
-        self._check_model(collection)
+        self._open(create=False, weights=True)
         return explain_stored(
             self.store, self.embedder, query, hit, kind=kind, alpha=alpha, smooth=smooth
         )
@@ -703,18 +436,37 @@ class PageRAG:
         from pipeline.retrieve.reindex import reindex_pooled
 
         spec = self._open(create=False)
-        self._check_model(spec, weights=False)  # pooling reads stored vectors: no weights needed
+        check_model(spec, self.embedder, weights=False)  # pooling reads stored vectors
         return reindex_pooled(self.store, self.embedder.spec, batch=batch, progress=progress)
 
+    def reindex_token_pooling(
+        self,
+        factor: int,
+        *,
+        batch: int = 64,
+        progress: Callable[[ReindexProgress], None] | None = None,
+    ) -> ReindexReport:
+        """Token-pool the stored pages of the existing collection by ``factor``, in place,
+        from their stored vectors (nothing is embedded; see
+        :func:`pipeline.retrieve.reindex.reindex_token_pooling`)."""
+        from pipeline.retrieve.reindex import reindex_token_pooling
 
-def _nothing_found(rag: PageRAG, filter: object) -> Answer:
-    """The answer when retrieval found no page at all (empty collection or filter)."""
-    why = (
-        "no page matches the filter"
-        if filter
-        else f"collection {rag.config.store.collection!r} has no pages yet: run `pagerag ingest`"
-    )
-    return Answer(text=f"No answer: {why}.", sources=(), answered=False)
+        spec = self._open(create=False)
+        check_model(spec, self.embedder, weights=False)
+        return reindex_token_pooling(
+            self.store, self.embedder.spec, factor, batch=batch, progress=progress
+        )
+
+
+# -- the parts the config names ---------------------------------------------------------
+
+
+def build_embedder(config: PageRAGConfig) -> PageEmbedder:
+    """The embedder ``embedding`` names: fastembed (ONNX) or torch (colpali-engine),
+    by ``embedding.backend`` (see :mod:`pipeline.backends`)."""
+    from pipeline.backends import build_embedder as build
+
+    return build(config)
 
 
 def build_store(config: PageRAGConfig) -> PageStore:
@@ -726,6 +478,71 @@ def build_store(config: PageRAGConfig) -> PageStore:
     from connectors.qdrant_edge import EdgePageStore
 
     return EdgePageStore(config.store.path, config.store.collection)
+
+
+def build_answerer(config: PageRAGConfig) -> Answerer:
+    """An OpenAI-compatible VLM when an endpoint or a key is set, else the no-VLM stand-in."""
+    if config.vlm.base_url or config.vlm.api_key:
+        from connectors.openai_vlm import OpenAIAnswerer
+
+        return OpenAIAnswerer(config.vlm)
+    from pipeline.answer.answerer import NoVLMAnswerer
+
+    return NoVLMAnswerer()
+
+
+def _same(part: T) -> T:
+    """A part passed in, as a factory (pickled to Ray actors with it)."""
+    return part
+
+
+def _build_renderer(config: PageRAGConfig) -> Renderer:
+    from pipeline.ingest.render import Renderer
+
+    return Renderer(config.render)
+
+
+def _hit(store: PageStore, point_id: str, score: float, payload: Mapping[str, Any]) -> PageHit:
+    """A search result as a :class:`PageHit` whose image is fetched from ``store`` on use."""
+
+    def load() -> bytes:
+        data = store.page_image(point_id)
+        if data is None:
+            raise LookupError(
+                f"no image stored for page {payload.get('page')} of {payload.get('source')}: "
+                "re-ingest with ingest.store_images: true"
+            )
+        return data
+
+    return PageHit(
+        point_id=point_id,
+        document_id=str(payload.get("document_id", "")),
+        source=str(payload.get("source", "")),
+        page_number=int(payload.get("page", 0)),
+        score=float(score),
+        payload=dict(payload),
+        image_loader=load,
+    )
+
+
+def _embed_query(embedder: PageEmbedder, query: str) -> Any:
+    limit = embedder.query_token_limit()
+    vectors = embedder.embed_query(query)
+    if vectors.shape[0] >= limit:
+        log.warning(
+            "the query is longer than the model's limit of %d tokens and was truncated", limit
+        )
+    return vectors
+
+
+def _nothing_found(config: PageRAGConfig, options: SearchOptions) -> Answer:
+    """The answer when retrieval found no page at all (empty collection or filter)."""
+    why = (
+        "no page matches the filter"
+        if options.filter
+        else f"collection {config.store.collection!r} has no pages yet: run `pagerag ingest`"
+    )
+    return Answer(text=f"No answer: {why}.", sources=(), answered=False)
 
 
 @contextmanager

@@ -7,8 +7,15 @@ Resolution order (later wins): built-in defaults (identical to
 Values in env overrides are parsed as YAML scalars (``8``, ``true``, ``null``).
 
 Unknown keys are errors that name the key, so a typo never silently falls
-back to a default. Secrets (``store.api_key``, ``vlm.api_key``) are
-``SecretStr``: they print as ``**********``.
+back to a default. Secrets (``store.api_key``, ``vlm.api_key``,
+``serve.api_key``) are ``SecretStr``: they print as ``**********``. They
+default to their usual variables: ``OPENAI_API_KEY``, ``QDRANT_API_KEY`` and
+``PAGERAG_API_KEY``.
+
+Every ``PAGERAG_*`` variable is a ``<SECTION>__<KEY>`` override except the
+names in :data:`NOT_SETTINGS` (the config file, the serve key, the set-up
+switch, the tests' corpus folder): exporting one of those never breaks a
+command, and any other ``PAGERAG_*`` name that is not a setting is an error.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ __all__ = [
     "EmbeddingConfig",
     "IngestConfig",
     "PageRAGConfig",
+    "RayConfig",
     "RenderConfig",
     "RetrievalConfig",
+    "ServeConfig",
     "StoreConfig",
     "VLMConfig",
     "default_data_dir",
@@ -37,6 +46,15 @@ __all__ = [
 
 ENV_PREFIX = "PAGERAG_"
 CONFIG_ENV = "PAGERAG_CONFIG"
+# The key clients of `pagerag serve` must send (serve.api_key), by its usual name.
+API_KEY_ENV = "PAGERAG_API_KEY"
+# PAGERAG_* variables that are not settings, and who reads them.
+NOT_SETTINGS = {
+    CONFIG_ENV: "the config file",
+    API_KEY_ENV: "serve.api_key",
+    "PAGERAG_EXTRA": "scripts/setup.sh: which embedder extra to install (cpu, gpu)",
+    "PAGERAG_TEST_CORPUS": "the test suite: where the shared test corpus is",
+}
 
 
 def default_data_dir() -> Path:
@@ -56,16 +74,33 @@ class _Section(BaseModel):
 
 class EmbeddingConfig(_Section):
     model: str = "Qdrant/colpali-v1.3-fp16"
-    # A local model directory (model.onnx + tokenizer files): used as-is, no download.
+    # Which library runs the model: fastembed (ONNX), torch (colpali-engine, the
+    # pagerag[torch] extra), or auto: the backend the model registry names for the model.
+    backend: Literal["auto", "fastembed", "torch"] = "auto"
+    # A local model directory (model.onnx + tokenizer files, or a Hugging Face
+    # snapshot for torch): used as-is, no download.
     model_path: Path | None = None
-    # fastembed/huggingface cache; None = $FASTEMBED_CACHE_PATH or fastembed's default.
+    # fastembed/huggingface cache; None = $FASTEMBED_CACHE_PATH or fastembed's default
+    # (torch: the Hugging Face cache, $HF_HOME).
     cache_dir: Path | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # mps (Apple GPUs) only with the torch backend.
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     device_ids: list[int] | None = None
+    # torch backend: weights and activations; auto = bfloat16 on a GPU, float32 on the CPU.
+    # Vectors are stored as float16 whatever this is.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Index-time token pooling: each page's vectors are merged into ~1/FACTOR as many
+    # (colpali-engine's hierarchical pooler); null (or 1) keeps every vector.
+    token_pooling: int | None = Field(default=None, ge=1, le=64)
 
     _expand_paths = field_validator("model_path", "cache_dir")(_expand)
     threads: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=2, ge=1, le=256)
+
+    @property
+    def pooling_factor(self) -> int | None:
+        """``token_pooling`` as a factor that changes something (None for null or 1)."""
+        return self.token_pooling if self.token_pooling and self.token_pooling > 1 else None
 
 
 class RenderConfig(_Section):
@@ -125,6 +160,9 @@ class StoreConfig(_Section):
 
 
 class IngestConfig(_Section):
+    # Which engine runs an ingest: local (threads on this machine) or ray (Ray Data over a
+    # Ray cluster, the pagerag[ray] extra; settings in the ray section).
+    engine: Literal["local", "ray"] = "local"
     # Keep the JPEG of every page in the payload so answering works in every deployment.
     store_images: bool = True
     # Pages rendered ahead of the embedder (bounds memory).
@@ -132,6 +170,40 @@ class IngestConfig(_Section):
     extensions: list[str] = Field(
         default_factory=lambda: [".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff"]
     )
+
+
+class RayConfig(_Section):
+    """``ingest.engine: ray`` (pipeline/ingest/ray_engine.py; docs/deployment.md)."""
+
+    # A running cluster ("auto", "ray://head:10001"); null: start a local Ray on this machine.
+    address: str | None = None
+    # A local Ray only: the CPUs it may use (null: all of them).
+    num_cpus: int | None = Field(default=None, ge=1)
+    # Embed actors (each loads the model once): the pool starts at embed_actors and may grow
+    # to max_embed_actors (null: a fixed pool).
+    embed_actors: int = Field(default=1, ge=1, le=4096)
+    max_embed_actors: int | None = Field(default=None, ge=1, le=4096)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    # CPUs per rendering task; a document is rendered in ranges of this many pages, so one
+    # long file does not serialize the job.
+    render_cpus: float = Field(default=1.0, gt=0)
+    pages_per_task: int = Field(default=64, ge=1, le=100_000)
+    # Files hashed (and probed) per task: hashing runs on the cluster, not on the driver.
+    files_per_task: int = Field(default=16, ge=1, le=10_000)
+    # Ray's own fault tolerance: a task whose worker died is retried max_retries times, a
+    # dead embed (or writer) actor restarted max_restarts times; beyond that its pages are
+    # lost and their files reported failed (never marked complete).
+    max_retries: int = Field(default=3, ge=0)
+    max_restarts: int = Field(default=3, ge=0)
+    # A Qdrant server (store.url) only: writer actors upserting in parallel. The embedded
+    # engine admits one process: the driver writes then.
+    writers: int = Field(default=2, ge=1, le=1024)
+
+    @property
+    def pool(self) -> tuple[int, int]:
+        """(min, max) embed actors."""
+        return self.embed_actors, max(self.embed_actors, self.max_embed_actors or 0)
 
 
 class RetrievalConfig(_Section):
@@ -161,13 +233,41 @@ class VLMConfig(_Section):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
 
+class ServeConfig(_Section):
+    # Where `pagerag serve` listens. Any address but loopback needs an API key.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # The bearer token clients must send; defaults to $PAGERAG_API_KEY; never logged.
+    api_key: SecretStr | None = None
+    # Folders POST /v1/ingest may read by path; empty: ingest by path is off (uploads only).
+    roots: list[Path] = Field(default_factory=list)
+    # Where uploaded files are kept (their recorded source); null = $XDG_DATA_HOME/pagerag-uploads.
+    upload_dir: Path | None = None
+    # Limits of one upload request: total megabytes and number of files.
+    max_upload_mb: float = Field(default=200.0, gt=0)
+    max_upload_files: int = Field(default=20, ge=1)
+    # Ingest jobs that may wait behind the running one; beyond that a job is refused.
+    max_queued_jobs: int = Field(default=4, ge=0)
+    # Finished jobs remembered for GET /v1/jobs (oldest forgotten first).
+    job_history: int = Field(default=100, ge=1)
+
+    @field_validator("roots")
+    @classmethod
+    def _expand_roots(cls, value: list[Path]) -> list[Path]:
+        return [path.expanduser() for path in value]
+
+    _expand_paths = field_validator("upload_dir")(_expand)
+
+
 class PageRAGConfig(_Section):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     vlm: VLMConfig = Field(default_factory=VLMConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -192,14 +292,15 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     sections = PageRAGConfig.model_fields
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if len(path) != 2 or path[0] not in sections:
             raise ConfigError(
                 f"environment variable {name} does not name a setting: use "
                 f"{ENV_PREFIX}<SECTION>__<KEY> with SECTION one of "
-                f"{', '.join(s.upper() for s in sections)}"
+                f"{', '.join(s.upper() for s in sections)} (other PAGERAG_ names: "
+                f"{', '.join(NOT_SETTINGS)})"
             )
         section, key = path
         overrides.setdefault(section, {})[key] = _env_value(raw)
@@ -276,4 +377,6 @@ def load_config(
         config.vlm.api_key = SecretStr(env["OPENAI_API_KEY"])
     if config.store.api_key is None and env.get("QDRANT_API_KEY"):
         config.store.api_key = SecretStr(env["QDRANT_API_KEY"])
+    if config.serve.api_key is None and env.get(API_KEY_ENV):
+        config.serve.api_key = SecretStr(env[API_KEY_ENV])
     return config

@@ -28,15 +28,19 @@ message: adapters build messages from config *names*, never values.
     │   ├── CollectionMismatchError  existing collection built differently
     │   └── CollectionNotFoundError  nothing ingested yet
     ├── QueryError                   empty query, bad k, bad filter
-    └── VLMError
-        ├── VLMNotConfiguredError    no vlm.base_url / api key
-        ├── VLMAuthError             401/403 from the endpoint
-        └── VLMUnavailableError      unreachable, timeouts, 5xx after retries
+    ├── VLMError
+    │   ├── VLMNotConfiguredError    no vlm.base_url / api key
+    │   ├── VLMAuthError             401/403 from the endpoint
+    │   └── VLMUnavailableError      unreachable, timeouts, 5xx after retries
+    └── ServiceError                 `pagerag serve` refused a request (pipeline.client)
+        ├── ServiceAuthError         401: no or a wrong API key
+        └── ServiceUnavailableError  the service cannot be reached, or timed out
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CollectionMismatchError",
@@ -55,6 +59,9 @@ __all__ = [
     "QueryError",
     "RenderCancelledError",
     "RenderTimeoutError",
+    "ServiceAuthError",
+    "ServiceError",
+    "ServiceUnavailableError",
     "StoreError",
     "StoreInUseError",
     "StoreUnavailableError",
@@ -65,11 +72,24 @@ __all__ = [
     "VLMNotConfiguredError",
     "VLMUnavailableError",
     "WrongPasswordError",
+    "install_command",
 ]
 
 
 class PageRAGError(Exception):
     """Base of every error pagerag raises deliberately."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable whatever a subclass's __init__ takes: errors cross process
+        # boundaries (Ray tasks and actors carry a file's error to the driver).
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[PageRAGError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(PageRAGError):
@@ -110,9 +130,29 @@ class OptionalDependencyError(PageRAGError, ImportError):
     def __init__(self, feature: str, extra: str, module: str) -> None:
         super().__init__(
             f"{feature} needs the optional package {module!r}, which is not installed. "
-            f"Install it with: pip install 'pagerag[{extra}]'"
+            f"Install it with: {install_command(extra)}"
         )
         self.extra = extra
+
+
+def install_command(extra: str) -> str:
+    """The command that adds ``extra`` to this installation of pagerag.
+
+    pagerag is not on a package index, so ``pip install 'pagerag[extra]'`` finds
+    nothing: it is installed from its checkout (``scripts/setup.sh`` runs
+    ``pip install -e '.[…]'``). When this code runs from a checkout, the
+    command names it and this interpreter's pip; otherwise it names the
+    checkout generically.
+    """
+    import sys
+
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return f"{sys.executable} -m pip install -e '{checkout}[{extra}]'"
+    return (
+        f"pip install '/path/to/pagerag[{extra}]' from a pagerag checkout (pagerag is not on "
+        "a package index)"
+    )
 
 
 class PopplerNotInstalledError(PageRAGError):
@@ -223,3 +263,27 @@ class VLMAuthError(VLMError):
 
 class VLMUnavailableError(VLMError):
     """The endpoint is unreachable or kept failing after retries."""
+
+
+class ServiceError(PageRAGError):
+    """A ``pagerag serve`` service refused or failed a request (:mod:`pipeline.client`).
+
+    Errors the service reports with a type of this tree (``QueryError`` …)
+    are raised as that type instead; this one carries the rest. ``status`` is
+    the HTTP status and ``problem`` the service's problem-details body.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, problem: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = dict(problem or {})
+
+
+class ServiceAuthError(ServiceError):
+    """The service wants an API key (``PAGERAG_API_KEY``) and got none or another one."""
+
+
+class ServiceUnavailableError(ServiceError):
+    """The service cannot be reached (not running, wrong URL) or did not answer in time."""

@@ -28,6 +28,8 @@ __all__ = [
     "PageFilter",
     "PageHit",
     "PagePoint",
+    "PageVectors",
+    "PatchGrid",
     "ScoredPage",
     "StoreStats",
     "Usage",
@@ -72,6 +74,57 @@ class Page:
     width: int  # pixels, as rendered
     height: int
     dpi: int
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Where one page's image-patch vectors sit in its output: ``rows × cols`` cells,
+    row-major, from output row ``offset`` on (the other rows are prompt/special tokens).
+
+    Fixed for ColPali (32×32 at 0, from the model registry); per page for models
+    with dynamic resolution (ColQwen, ColSmol), as their processor reports it.
+    Stored in a page's payload (``patch_grid: [rows, cols, offset]``) so pooling
+    and similarity maps can be redone from stored vectors.
+    """
+
+    rows: int
+    cols: int
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows <= 0 or self.cols <= 0 or self.offset < 0:
+            raise ValueError(f"bad patch grid {self.rows}x{self.cols} at offset {self.offset}")
+
+    @property
+    def count(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def stop(self) -> int:
+        """The output row after the last patch."""
+        return self.offset + self.count
+
+    def to_payload(self) -> list[int]:
+        return [self.rows, self.cols, self.offset]
+
+    @classmethod
+    def from_payload(cls, value: Any) -> PatchGrid | None:
+        """The grid a payload recorded, or None when it recorded none (or garbage)."""
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            return None
+        try:
+            return cls(*(int(v) for v in value))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class PageVectors:
+    """One embedded page: its float16 ``(tokens, dim)`` vectors and, when the
+    model lays its patches on a grid, where they are (``grid``)."""
+
+    vectors: Float16Array
+    grid: PatchGrid | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +177,9 @@ class CollectionSpec:
 
     ``pooled`` maps pooled vector names to their count per page (e.g. rows
     and columns of the patch grid) and is empty for exact-only collections.
+    ``token_pooling`` is the factor by which each page's full vectors were
+    merged at ingest (or by ``pagerag reindex --token-pooling``), None when
+    every vector the model produced is stored.
     ``identity`` is the weights that fill it; ``None`` in a spec to open with
     means "do not check the weights" (reading commands), and in a recorded
     spec that the collection predates weight fingerprints.
@@ -138,6 +194,8 @@ class CollectionSpec:
     quantization: Literal["none", "scalar", "binary"] = "none"
     on_disk: bool = False
     identity: ModelIdentity | None = None
+    # Index-time token pooling factor of the stored full vectors (None: every vector kept).
+    token_pooling: int | None = None
 
     @property
     def model_label(self) -> str:

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.corpus import corpus_location, missing_reason
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+CORPUS = corpus_location()  # read before the PAGERAG_* variables are cleared
 os.environ.pop("PAGERAG_CONFIG", None)
 for _name in [n for n in os.environ if n.startswith("PAGERAG_")]:
     os.environ.pop(_name)
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -76,7 +77,7 @@ def _block_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     if not CORPUS.is_dir():
-        pytest.skip(f"shared corpus not found at {CORPUS} (clone with ../shared beside the repo)")
+        pytest.skip(missing_reason(CORPUS))
     return CORPUS
 
 
@@ -86,6 +87,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.testing.tiny_colpali import build
 
     return build(tmp_path_factory.mktemp("tiny-colpali"))
+
+
+TORCH_MISSING = (
+    "the torch backend's extra is not installed (pip install 'pagerag[torch]'; "
+    "scripts/setup.sh --dev installs it unless PAGERAG_TORCH=0)"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The torch backend's stand-ins (pipeline.testing.tiny_torch), by family, built
+    once per session: ColQwen2.5 and ColSmol (ColIdefics3). Importing colpali-engine
+    costs ~10-20 s once; each build well under a second."""
+    pytest.importorskip("colpali_engine", reason=TORCH_MISSING)
+    from pipeline.testing.tiny_torch import BUILDERS, build
+
+    return {family: build(family, tmp_path_factory.mktemp(f"tiny-{family}")) for family in BUILDERS}
 
 
 # --------------------------------------------------------------------------- a real Qdrant

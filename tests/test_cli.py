@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from tests.clirun import cli_env, invoke
 
 THREE_PAGES = "robust/pdfjs/test/pdfs/three_pages_with_number.pdf"
 EIGHT_PAGES = "robust/qpdf/qpdf/qtest/qpdf/boxes.pdf"
@@ -17,13 +18,7 @@ EIGHT_PAGES = "robust/qpdf/qpdf/qtest/qpdf/boxes.pdf"
 
 @pytest.fixture
 def env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
-    return {
-        "PAGERAG_STORE__PATH": str(tmp_path / "data"),
-        "PAGERAG_EMBEDDING__MODEL_PATH": str(tiny_model_dir),
-        "PAGERAG_EMBEDDING__DEVICE": "cpu",
-        "PAGERAG_RENDER__DPI": "50",
-        "OPENAI_API_KEY": "",
-    }
+    return cli_env(tmp_path / "data", tiny_model_dir, dpi=50)
 
 
 @pytest.fixture
@@ -35,11 +30,7 @@ def docs(corpus: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args), env=env)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+run = invoke  # `pagerag ARGS` in this process -> (exit code, stdout, stderr)
 
 
 def test_help_lists_the_commands(env) -> None:
@@ -93,11 +84,11 @@ def test_ingest_status_search_ask_delete(env, docs: Path) -> None:
     assert {h["page"] for h in json.loads(out)["hits"]} == {1, 2, 3}
 
     code, out, _ = run(env, "ask", "What is on page two?", "-k", "2", "--json")
-    assert code == 0
+    assert code == 2  # no VLM configured: a configuration error
     answer = json.loads(out)
     assert answer["answered"] is False
-    assert "vlm.base_url" in answer["answer"]
-    assert len(answer["sources"]) == 2
+    assert "vlm.base_url" in answer["error"]
+    assert len(answer["retrieved"]) == 2
 
     code, out, _ = run(env, "delete", str(docs / "three.pdf"))
     assert code == 0
@@ -159,10 +150,11 @@ def test_missing_model_names_the_config_key(env, tmp_path: Path, docs: Path) -> 
 
 def test_ask_stream_without_a_vlm_prints_the_pages_and_how_to_configure(env, docs: Path) -> None:
     assert run(env, "ingest", str(docs / "three.pdf"), "-q")[0] == 0
-    code, out, _ = run(env, "ask", "what is on page 2?", "--stream", "-k", "2")
-    assert code == 0
-    assert "vlm.base_url" in out
-    assert "pages sent" in out
+    code, out, err = run(env, "ask", "what is on page 2?", "--stream", "-k", "2")
+    assert code == 2
+    assert "vlm.base_url" in err
+    assert "retrieved (not sent to any model)" in out
+    assert "three.pdf" in out
 
 
 def test_ctrl_c_stops_then_a_second_one_aborts_saying_how_to_resume(
@@ -196,3 +188,57 @@ def test_ctrl_c_stops_then_a_second_one_aborts_saying_how_to_resume(
     assert "aborted: pages stored so far are kept; rerun the same command to resume" in (
         result.stderr
     )
+
+
+def test_status_is_a_table_for_people_and_json_for_programs(env, docs: Path) -> None:
+    """Sizes read as KB/MB per page and in total, vectors apart from the rest; the model's
+    identity in words; incomplete documents counted. --json keeps its keys and adds some."""
+    truncated = {**env, "PAGERAG_RENDER__MAX_PAGES": "5"}
+    assert run(truncated, "ingest", str(docs / "eight.pdf"), "-q")[0] == 0
+    assert run(env, "ingest", str(docs / "three.pdf"), "-q")[0] == 0
+
+    code, out, _ = run(env, "status", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["documents"], data["incomplete_documents"], data["pages"]) == (2, 1, 8)
+    vectors = data["vector_bytes_per_page"]
+    assert (vectors["full"], vectors["pooled"]) == (1030 * 128 * 2, 2 * 38 * 128 * 2)
+    assert data["vector_bytes"] == vectors["total"] * 8
+    assert data["other_bytes_on_disk"] == data["bytes_on_disk"] - data["vector_bytes"] > 0
+
+    code, out, _ = run({**env, "COLUMNS": "250"}, "status")  # no wrapping of long paths
+    assert code == 0
+    assert "{" not in out and "None" not in out  # no Python reprs
+    rows = {}
+    for line in out.splitlines():
+        label = next((x for x in STATUS_LABELS if line.strip().startswith(x + " ")), None)
+        if label:
+            rows[label] = " ".join(line.strip()[len(label) :].split())
+    assert rows["model"] == "Qdrant/colpali-v1.3-fp16 (stand-in, random weights)"
+    assert rows["weights"] == (
+        f"fingerprint {data['model_fingerprint']}, from {data['model_source']}"
+    )
+    assert rows["documents"] == "2 (1 incomplete: see status --documents)"
+    assert rows["pages"] == "8"
+    # 283 136 vector bytes per page: full 263 680 + pooled 19 456 (float16)
+    assert rows["vectors"] == "2.3 MB, 283.1 KB per page (full 263.7 KB + pooled 19.5 KB)"
+    on_disk, per_page = data["bytes_on_disk"], data["bytes_per_page"]
+    assert rows["on disk"] == f"{on_disk / 1e6:.1f} MB, {per_page / 1e3:.1f} KB per page"
+    other = data["other_bytes_on_disk"]
+    assert rows["images etc."].startswith(f"{other / 1e6:.1f} MB, {other / 8e3:.1f} KB per page")
+    assert rows["storage"] == "float16, no quantization, pooled rows, cols"
+    assert "configured" not in rows  # the same model as stored
+    assert "stand-in model" in out
+
+
+STATUS_LABELS = (
+    "model",
+    "weights",
+    "configured",
+    "documents",
+    "pages",
+    "storage",
+    "on disk",
+    "vectors",
+    "images etc.",
+)

@@ -196,14 +196,13 @@ def test_eval_usage_errors_exit_2(app: typer.Typer, setup: dict[str, Path]):
     assert_clean_error(run(app, *base, "--compare", "exact:fast"), 2, "bad run configuration")
     assert_clean_error(run(app, *base, "--compare", "exact:two_stage", "--mode", "exact"), 2)
     assert_clean_error(run(app, *base, "--mode", "fast"), 2, "mode must be one of")
+    # no VLM configured is a configuration error, as for `ask`
+    assert_clean_error(run(app, *base, "--answers"), 2, "vlm.base_url")
     missing = setup["root"] / "nope.jsonl"
     assert_clean_error(run(app, "eval", missing, "--config", setup["config"]), 2, "nope.jsonl")
 
 
 def test_eval_runtime_errors_exit_1(app: typer.Typer, setup: dict[str, Path], tmp_path: Path):
-    base = ["eval", setup["questions"], "--docs", setup["docs"], "--config", setup["config"]]
-    assert_clean_error(run(app, *base, "--answers"), 1, "vlm.base_url")
-
     empty = tmp_path / "empty.yaml"
     config = yaml.safe_load(setup["config"].read_text())
     config["store"]["path"] = str(tmp_path / "empty-store")
@@ -236,7 +235,10 @@ def test_explain_writes_a_heatmap_of_the_page_size(
     assert f"wrote {out}" in result.stdout
     with Image.open(out) as image:
         assert image.format == "PNG"
-        assert image.size == stored_page_size(setup["config"], 3)
+        width, height = stored_page_size(setup["config"], 3)
+        # the page, then its colour scale below it (the legend)
+        assert image.width == width
+        assert height < image.height <= height + 80
 
     sheet = tmp_path / "tokens.png"
     result = run(
@@ -252,6 +254,13 @@ def test_explain_writes_a_heatmap_of_the_page_size(
     assert data["source"] == str(file.resolve())
     assert len(data["token_scores"]) == data["query_tokens"] == len(data["best_cells"])
     assert data["score"] == pytest.approx(sum(data["token_scores"]), abs=1e-3)
+    # each map is labelled by its token: the query's words, and the template's tokens marked
+    tokens = data["tokens"]
+    assert len(tokens) == data["query_tokens"]
+    words = "".join(t["text"] for t in tokens if t["kind"] == "query")
+    assert words == "baseline accuracy"
+    assert [t["text"] for t in tokens if t["kind"] == "padding"] == ["<pad>"] * 10
+    assert tokens[0] == {"text": "<s>", "kind": "prompt"}
     with Image.open(sheet) as image:
         assert list(image.size) == data["out_size"]
         assert image.width == 4 * 320  # one 320-px tile per token, four per row
@@ -364,5 +373,5 @@ def test_explain_hit_without_a_patch_grid_or_page_says_why(fake_rag: PageRAG, tm
     with PageRAG(config, embedder=FakeEmbedder(no_grid)) as tiled:
         tiled.ingest([page])
         (hit,) = tiled.search("q", k=1)
-        with pytest.raises(QueryError, match="no fixed patch grid"):
+        with pytest.raises(QueryError, match="no patch grid"):
             tiled.explain("q", hit)

@@ -15,14 +15,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 import warnings
 from collections import Counter
@@ -41,10 +37,10 @@ from pipeline.errors import StoreError, StoreInUseError
 from pipeline.ingest.job import IngestJob, IngestReport
 from pipeline.ingest.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
+from tests.clirun import cli_env, start
 from tests.conftest import Server
-from tests.procs import live_processes
+from tests.procs import wait_for_process
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = {
     "robust/pdfjs/test/pdfs/three_pages_with_number.pdf": 3,
     "robust/py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf": 4,
@@ -72,25 +68,6 @@ def docs(corpus: Path, tmp_path: Path) -> list[Path]:
     return paths
 
 
-def cli_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGERAG_")}
-    env.update(PYTHONPATH=str(REPO), OPENAI_API_KEY="", PAGERAG_RENDER__DPI="40")
-    env.update({f"PAGERAG_{k.upper()}": v for k, v in settings.items()})
-    return env
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 # ------------------------------------------------------------------ embedded: one job at a time
 
 
@@ -102,22 +79,13 @@ def test_second_job_on_the_same_data_directory_is_told_it_is_in_use(
     looping = tmp_path / "slow" / "loops.pdf"
     looping.parent.mkdir()
     shutil.copy(corpus / LOOPING, looping)
-    env = cli_env(
-        store__path=str(data),
-        embedding__model_path=str(tiny_model_dir),
-        embedding__device="cpu",
-        render__timeout_s="10",
-    )
+    env = cli_env(data, tiny_model_dir, render__timeout_s="10")
     # Job A holds the store for as long as poppler loops on its first file.
-    first = cli(env, "ingest", str(looping), *map(str, docs), "--workers", "1", "--json")
+    first = start(env, "ingest", str(looping), *map(str, docs), "--workers", "1", "--json")
     try:
-        deadline = time.monotonic() + 60
         # Rendering starts after the store is open (the job's own command line names
         # the file too: wait for poppler itself).
-        while not any("pdfinfo" in c for c in live_processes(str(looping))):
-            assert time.monotonic() < deadline, "job A never started rendering"
-            assert first.poll() is None, first.communicate()
-            time.sleep(0.02)
+        wait_for_process("pdfinfo", str(looping), first, 60)
 
         # The API, from this process.
         config = load_config(environ={}, overrides={"store": {"path": str(data)}})
@@ -129,7 +97,7 @@ def test_second_job_on_the_same_data_directory_is_told_it_is_in_use(
         assert "store.path" in str(info.value)  # says what to do
 
         # The CLI, from a third process: exit 1, one line, no traceback.
-        second = cli(env, "ingest", *map(str, docs), "--json")
+        second = start(env, "ingest", *map(str, docs), "--json")
         out, err = second.communicate(timeout=120)
         assert second.returncode == 1, (out, err)
         assert out == ""
@@ -138,7 +106,7 @@ def test_second_job_on_the_same_data_directory_is_told_it_is_in_use(
         assert lines[0].startswith("error: ") and "in use" in lines[0], err
         assert "Traceback" not in err and "Timeout" not in err
         # Reading needs the directory too (the engine cannot open a shard read-only).
-        status = cli(env, "status")
+        status = start(env, "status")
         out, err = status.communicate(timeout=120)
         assert status.returncode == 1 and "in use" in err and "Traceback" not in err, err
         assert first.poll() is None  # A was running all along
@@ -150,7 +118,7 @@ def test_second_job_on_the_same_data_directory_is_told_it_is_in_use(
     assert report["interrupted"] is True, err[-2000:]
 
     # The lock goes with the job: now the second one runs.
-    again = cli(env, "ingest", *map(str, docs), "--json")
+    again = start(env, "ingest", *map(str, docs), "--json")
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, (out[-1000:], err[-2000:])
     assert json.loads(out)["pages_ingested"] + sum(
@@ -362,18 +330,17 @@ def test_two_cli_jobs_over_overlapping_files_against_a_real_server(
     monkeypatch.setattr(socket.socket, "connect", connect)
     collection = f"pagerag-overlap-{uuid.uuid4().hex[:10]}"
     env = cli_env(
+        model=tiny_model_dir,
         store__url=qdrant_server.url,
         store__grpc_port=str(qdrant_server.grpc_port),
         store__collection=collection,
         store__upsert_batch="2",
-        embedding__model_path=str(tiny_model_dir),
-        embedding__device="cpu",
     )
     if qdrant_server.api_key:
         env["QDRANT_API_KEY"] = qdrant_server.api_key
     one = [docs[0], docs[1], docs[2], docs[3]]
     two = [docs[3], docs[2], docs[4], docs[5]]
-    procs = [cli(env, "ingest", *map(str, files), "--json") for files in (one, two)]
+    procs = [start(env, "ingest", *map(str, files), "--json") for files in (one, two)]
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, (out[-1000:], err[-2000:])

@@ -79,3 +79,11 @@ def test_openai_and_qdrant_keys_come_from_their_usual_variables() -> None:
 def test_home_in_paths_is_expanded() -> None:
     config = load_config(environ={"PAGERAG_STORE__PATH": "~/pagerag-data"})
     assert "~" not in str(config.store.path)
+
+
+@pytest.mark.parametrize("name", ["PAGERAG_EXTRA", "PAGERAG_TEST_CORPUS"])
+def test_set_up_and_test_switches_are_not_settings(name: str) -> None:
+    """scripts/setup.sh's PAGERAG_EXTRA and the tests' corpus folder may stay exported."""
+    assert load_config(environ={name: "gpu"}) == load_config(environ={})
+    with pytest.raises(ConfigError, match="PAGERAG_EXTRAS"):  # a near miss is still refused
+        load_config(environ={"PAGERAG_EXTRAS": "gpu"})

@@ -31,7 +31,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -43,9 +42,9 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
-from tests.procs import live_processes
-
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.ingest.poppler import WORKDIR_PREFIX
+from tests.clirun import cli_env, start
+from tests.procs import live_processes, wait_for_process
 
 # Six small real PDFs, 4-10 pages each (40 pages).
 DOCS = {
@@ -207,36 +206,19 @@ class Job:
     extra_env: tuple[tuple[str, str], ...] = ()
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PAGERAG_")}
-        env.update(
-            PAGERAG_STORE__PATH=str(self.data),
-            PAGERAG_EMBEDDING__MODEL_PATH=str(self.model),
-            PAGERAG_EMBEDDING__DEVICE="cpu",
-            PAGERAG_RENDER__DPI="50",
+        env = cli_env(
+            self.data,
+            self.model,
+            dpi=50,
             # Small upserts: more write boundaries to crash in, finer progress to aim by.
-            PAGERAG_STORE__UPSERT_BATCH="2",
-            OPENAI_API_KEY="",
-            PYTHONPATH=str(REPO),
-            TMPDIR=str(self.tmp),
+            store__upsert_batch="2",
         )
-        env.update(self.extra_env)
+        env.update(TMPDIR=str(self.tmp), **dict(self.extra_env))
         return env
 
-    def start(
-        self, *inputs: Path, json_out: bool = True, stderr: Any = subprocess.PIPE
-    ) -> subprocess.Popen[str]:
+    def start(self, *inputs: Path, json_out: bool = True, **popen: Any) -> subprocess.Popen[str]:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "pipeline.cli", "ingest", *map(str, inputs)]
-        argv += ["--json"] if json_out else []
-        return subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=self.env(),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
+        return start(self.env(), "ingest", *inputs, *(["--json"] if json_out else []), **popen)
 
     def run(self, *inputs: Path) -> tuple[int, dict[str, Any], str]:
         proc = self.start(*inputs)
@@ -456,11 +438,7 @@ def test_sigkill_while_poppler_loops_leaves_no_poppler_behind(
     )
     proc = job.start(looping)
     try:
-        deadline = time.monotonic() + 30
-        while not any("pdfinfo" in c for c in live_processes(str(looping))):
-            assert time.monotonic() < deadline, "pdfinfo never started"
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
+        wait_for_process("pdfinfo", str(looping), proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
@@ -485,11 +463,7 @@ def test_sigkill_mid_render_leaves_no_work_folder_behind(
     )
     proc = job.start(slow)
     try:
-        deadline = time.monotonic() + 30
-        while not any("pdftoppm" in c for c in live_processes(str(slow))):
-            assert time.monotonic() < deadline, "pdftoppm never started"
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
+        wait_for_process("pdftoppm", str(slow), proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
@@ -498,7 +472,9 @@ def test_sigkill_mid_render_leaves_no_work_folder_behind(
     later = dataclasses.replace(job, extra_env=(("PAGERAG_RENDER__TIMEOUT_S", "1"),))
     code, _report, _ = later.run(tmp_path / "docs")
     assert code == 1
-    assert sorted(p.name for p in job.tmp.iterdir()) == []
+    # No render work folder is left. (The model loads before the first page renders, and
+    # fastembed keeps its own files in TMPDIR when embedding.cache_dir is unset.)
+    assert sorted(p.name for p in job.tmp.iterdir() if p.name.startswith(WORKDIR_PREFIX)) == []
 
 
 # --------------------------------------------------------------------------- SIGTERM, SIGINT
@@ -566,16 +542,11 @@ def test_ctrl_c_at_a_terminal_stops_after_the_batch_and_shows_the_report_so_far(
     """Ctrl-C as a person presses it: SIGINT to the job's process group, progress on a tty."""
     job = Job(tmp_path / "data", tiny_model_dir, tmp_path / "tmp", (("COLUMNS", "400"),))
     terminal = Terminal()
-    env = job.env()
-    job.tmp.mkdir(parents=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "ingest", str(docs)],
-        cwd=REPO,
-        env=env,
+    proc = job.start(
+        docs,
+        json_out=False,
         stdin=terminal.slave,
-        stdout=subprocess.PIPE,
         stderr=terminal.slave,
-        text=True,
         start_new_session=True,  # its own process group, as a shell's foreground job
     )
     terminal.start()
@@ -630,11 +601,7 @@ def test_stop_does_not_wait_for_a_slow_poppler_run(
     )
     proc = job.start(looping)
     try:
-        deadline = time.monotonic() + 30
-        while not any("pdfinfo" in c for c in live_processes(str(looping))):
-            assert time.monotonic() < deadline, "pdfinfo never started"
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
+        wait_for_process("pdfinfo", str(looping), proc)
         for sig in signals:
             proc.send_signal(sig)
             time.sleep(0.3)

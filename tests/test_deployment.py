@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from pipeline.config import load_config
+from pipeline.config import API_KEY_ENV, load_config
 from tests.conftest import QDRANT_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _published(service: dict[str, Any]) -> dict[int, tuple[str, int]]:
 
 def test_compose_parses_with_the_expected_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"qdrant", "pagerag", "pagerag-gpu", "vlm"} <= set(services)
+    assert {"qdrant", "pagerag", "pagerag-gpu", "pagerag-api", "vlm"} <= set(services)
     assert services["pagerag-gpu"]["profiles"] == ["gpu"]
     assert services["vlm"]["profiles"] == ["vlm"]
     assert "qdrant_storage" in compose["volumes"]
@@ -141,6 +141,24 @@ def test_ingest_services_run_against_the_server(compose: dict[str, Any]) -> None
     assert "gpu" in devices[0]["capabilities"]
 
 
+def test_the_api_service_serves_the_server_store_behind_a_key(compose: dict[str, Any]) -> None:
+    api = compose["services"]["pagerag-api"]
+    assert api["command"] == ["serve"]
+    assert api["depends_on"]["qdrant"]["condition"] == "service_healthy"
+    env = {k: str(v) for k, v in api["environment"].items()}
+    assert env["PAGERAG_API_KEY"].startswith("${PAGERAG_API_KEY:?")
+    config = load_config(SERVER_YAML, environ={**env, "QDRANT_API_KEY": "k", API_KEY_ENV: "s"})
+    assert config.store.url == f"http://qdrant:{REST_PORT}"
+    assert config.serve.host == "0.0.0.0" and config.serve.api_key is not None
+    ports = _published(api)
+    assert ports[config.serve.port][0] == "127.0.0.1"
+    health = " ".join(api["healthcheck"]["test"])
+    assert "/v1/status" in health and API_KEY_ENV in health
+    assert f":{config.serve.port}/" in health
+    assert [str(r) for r in config.serve.roots] == ["/data"]
+    assert any(str(v).endswith(":/data:ro") for v in api["volumes"])
+
+
 def test_env_example_defines_every_required_variable() -> None:
     text = COMPOSE.read_text(encoding="utf-8")
     required = set(re.findall(r"\$\{(\w+):\?", text))
@@ -149,10 +167,12 @@ def test_env_example_defines_every_required_variable() -> None:
         for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
         if line and not line.startswith("#")
     )
-    assert required == {"QDRANT_API_KEY"}
+    assert required == {"QDRANT_API_KEY", API_KEY_ENV}
     assert required <= set(example)
-    # Compose-only variables must not look like pagerag settings (PAGERAG_* are parsed).
-    assert not [name for name in example if name.startswith("PAGERAG_")]
+    # Compose-only variables must not look like pagerag settings (PAGERAG_* are parsed);
+    # PAGERAG_API_KEY is the one PAGERAG_ name pagerag reads as a key, not a setting path.
+    assert not [name for name in example if name.startswith("PAGERAG_") and name != API_KEY_ENV]
+    load_config(environ={name: value for name, value in example.items() if value})
 
 
 def test_server_yaml_loads_and_keeps_secrets_out() -> None:
@@ -174,6 +194,45 @@ def test_dockerfile_builds_one_embedder_extra_as_non_root() -> None:
     assert "poppler-utils" in text
     assert 'ENTRYPOINT ["pagerag"]' in text
     assert re.search(r"^USER (?!root)\w+", text, re.M)
-    installs = re.findall(r'pip install "?\.\[(\w+)\]', text)
-    assert sorted(installs) == ["cpu", "gpu"]  # one per case branch, never both
+    installs = re.findall(r'pip install "?\.\[(\w+),serve\]', text)
+    assert sorted(installs) == ["cpu", "gpu"]  # one per case branch, never both, + serve
     assert "ARG EXTRA=cpu" in text
+
+
+def test_dockerignore_keeps_the_input_folder_out_of_the_build_context() -> None:
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    )
+    input_dir = example["INPUT_DIR"].removeprefix("./").rstrip("/")
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert f"{input_dir}/" in ignored or input_dir in ignored
+
+
+def test_the_quick_start_replaces_every_placeholder_key(tmp_path: Path) -> None:
+    """The `sed` of docs/deployment.md's quick start, run for real on a copy of .env.example."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (the quick start uses it for random keys)")
+    docs = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    quick_start = docs.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = quick_start.replace("\\\n", " ").splitlines()
+    commands = [line for line in lines if line.startswith(("cp ", "sed "))]
+    assert commands, "the quick start no longer copies .env.example and fills in keys"
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env.example")
+    subprocess.run(["bash", "-c", "\n".join(commands)], cwd=tmp_path, check=True, timeout=30)
+    env = (tmp_path / ".env").read_text(encoding="utf-8")
+    assert "replace-with" not in env
+    keys = dict(line.split("=", 1) for line in env.splitlines() if re.match(r"\w+_API_KEY=", line))
+    assert set(keys) == {"QDRANT_API_KEY", "VLLM_API_KEY", "PAGERAG_API_KEY"}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", value) for value in keys.values())
+    assert len(set(keys.values())) == len(keys)
+
+
+def test_dockerfile_has_a_torch_variant_pinned_to_pypis_builds() -> None:
+    """EXTRA=torch: the CPU image plus pagerag[torch], torch/torchvision pinned with ===
+    (a local '+cpu' torch can never be picked) and colpali-engine checked to import."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r'torch\) pip install "\.\[cpu,serve,torch\]" \$TORCH_PINS', text)
+    assert 'ARG TORCH_PINS="torch===2.13.0 torchvision===0.28.0"' in text
+    assert "import colpali_engine.models" in text

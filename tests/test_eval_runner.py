@@ -331,6 +331,36 @@ def test_missing_documents_stop_the_run_or_are_skipped(rag: PageRAG, docs: Path)
         run_eval(rag, on_disk_only, ingest=False)
 
 
+def test_a_wrong_docs_folder_stops_the_run_saying_why(rag: PageRAG, tmp_path: Path) -> None:
+    """The files are not where --docs says: even with stored documents of the same names,
+    the ingest that was asked for failed, so the run stops (unless --skip-missing)."""
+    from PIL import Image
+
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.mkdir()
+    wrong.mkdir()
+    for name, colour in (("a.png", "white"), ("b.png", "black")):
+        Image.new("RGB", (60, 80), colour).save(right / name)
+    rows = [
+        {"id": "qa", "question": "one", "doc": "a.png", "evidence_pages": [1]},
+        {"id": "qb", "question": "two", "doc": "b.png", "evidence_pages": [1]},
+    ]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    assert run_eval(rag, questions, docs_dir=right).retrieval.overall.count == 2
+
+    with pytest.raises(InputError) as info:
+        run_eval(rag, questions, docs_dir=wrong)
+    message = str(info.value)
+    assert "2 document(s) of the questions are not available" in message
+    assert f"ingest failed: {wrong / 'a.png'}: no such file or folder" in message
+    assert "--docs" in message
+    assert "--skip-missing" in message
+    with pytest.raises(InputError, match="none of the questions' documents is available"):
+        run_eval(rag, questions, docs_dir=wrong, skip_missing=True)
+    # Without an ingest, stored documents of the same names stand in (as documented).
+    assert run_eval(rag, questions, docs_dir=wrong, ingest=False).retrieval.overall.count == 2
+
+
 def test_bad_arguments_fail_before_any_work(rag: PageRAG, docs: Path) -> None:
     questions = write_jsonl(docs / "q.jsonl", KNOWN[:1])
     with pytest.raises(QueryError, match="k must be"):

@@ -142,3 +142,36 @@ def test_per_token_sheet_and_options():
     assert np.array_equal(np.asarray(flat), np.asarray(image))
     with pytest.raises(ValueError, match="alpha"):
         render_heatmap(image, per_token[0], alpha=2.0)
+
+
+def test_colour_scale_runs_from_the_cold_to_the_hot_colour_with_its_values():
+    from pipeline.evaluate.explain import colorize, colour_scale
+
+    strip = colour_scale(400, low=0.0, high=1.5, caption="score added per patch")
+    assert strip.width == 400
+    pixels = np.asarray(strip.convert("RGB"), dtype=np.int32)
+    ramp_row = pixels[pixels.shape[0] // 2]
+    hot = colorize(np.array([1.0]))[0].astype(np.int32)
+    # the hot end is the ramp's hot colour as it shows over white paper at full value
+    expected = np.rint(255 + 0.6 * (hot - 255))
+    distance = np.abs(ramp_row - expected).max(axis=1)
+    assert distance.min() <= 3
+    assert distance.argmin() > 0.9 * strip.width  # at the right end
+    assert (ramp_row[30] >= 235).all()  # the cold end leaves the paper white
+    with pytest.raises(ValueError, match="width"):
+        colour_scale(0, low=0.0, high=1.0, caption="x")
+
+
+def test_token_sheet_marks_template_tokens():
+    from pipeline.embed.protocol import QueryToken
+
+    image = Image.new("RGB", (200, 100), "white")
+    maps = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
+    labels = ["0 'rev' 0.40", "1 <pad> (padding) 0.10", "2 'enue' 0.30"]
+    sheet = render_token_maps(image, maps, labels=labels, dimmed=[False, True, False])
+    label_strip = np.asarray(sheet.convert("L"))[:16]
+    tile = sheet.width // 3
+    darkest = [int(label_strip[:, i * tile : (i + 1) * tile].min()) for i in range(3)]
+    assert darkest[0] < 60 and darkest[2] < 60  # black text
+    assert darkest[1] > 100  # grey text: a template token, not one of the query's words
+    assert QueryToken("<pad>", "padding").kind == "padding"

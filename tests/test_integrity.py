@@ -29,6 +29,7 @@ from pipeline.errors import CollectionNotFoundError, QueryError, RenderTimeoutEr
 from pipeline.ingest.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
 from pipeline.types import DocumentRecord, PageFilter
+from tests import clirun
 
 THREE_PAGES = "robust/pdfjs/test/pdfs/three_pages_with_number.pdf"
 FIVE_PAGES = "robust/pdfjs/test/pdfs/file_pdfjs_test.pdf"
@@ -231,7 +232,7 @@ def test_delete_by_id_of_unmarked_pages_reports_it(cli_env, docs: Path) -> None:
     with cli_rag(cli_env, crash_at="mark_complete") as rag:
         assert rag.ingest([docs / "five.pdf"]).outcomes[0].status == "failed"
         (doc_id,) = ids_under(rag, docs / "five.pdf")
-    code, out = run_cli_code(cli_env, "delete", doc_id, "--json")
+    code, out = clirun.invoke_json(cli_env, "delete", doc_id, "--json")
     assert code == 0, out
     assert out["deleted"] == {doc_id: [doc_id]}
 
@@ -313,10 +314,10 @@ def test_delete_by_short_id_and_ambiguous_prefix(make_rag, docs: Path) -> None:
 
 def test_delete_a_folder_asks_or_needs_yes(cli_env, docs: Path) -> None:
     run_cli(cli_env, "ingest", str(docs))
-    code, out = run_cli_code(cli_env, "delete", str(docs))
+    code, out = clirun.invoke_json(cli_env, "delete", str(docs))
     assert code == 2, out  # no terminal to ask on, no --yes: nothing deleted
     assert "--yes" in out
-    code, out = run_cli_code(cli_env, "delete", str(docs), "--yes", "--json")
+    code, out = clirun.invoke_json(cli_env, "delete", str(docs), "--yes", "--json")
     assert code == 0 and len(out["deleted"][str(docs)]) == 3
 
 
@@ -422,13 +423,7 @@ def test_any_history_then_one_run_equals_a_clean_run(
 @pytest.fixture
 def cli_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
     """The CLI on the stand-in model (the real fastembed loading path)."""
-    return {
-        "PAGERAG_STORE__PATH": str(tmp_path / "cli-data"),
-        "PAGERAG_EMBEDDING__MODEL_PATH": str(tiny_model_dir),
-        "PAGERAG_EMBEDDING__DEVICE": "cpu",
-        "PAGERAG_RENDER__DPI": "40",
-        "OPENAI_API_KEY": "",
-    }
+    return clirun.cli_env(tmp_path / "cli-data", tiny_model_dir)
 
 
 def cli_rag(env: dict[str, str], crash_at: str | None = None) -> PageRAG:
@@ -439,23 +434,7 @@ def cli_rag(env: dict[str, str], crash_at: str | None = None) -> PageRAG:
     return PageRAG(config, store=store)
 
 
-def run_cli_code(env: dict[str, str], *args: str) -> tuple[int, Any]:
-    import json
-
-    from typer.testing import CliRunner
-
-    from pipeline.cli import app
-
-    result = CliRunner().invoke(app, list(args), env=env)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    try:
-        return result.exit_code, json.loads(result.stdout)
-    except ValueError:
-        return result.exit_code, result.stdout + result.stderr
-
-
 def run_cli(env: dict[str, str], *args: str) -> Any:
-    code, out = run_cli_code(env, *args)
+    code, out = clirun.invoke_json(env, *args)
     assert code == 0, out
     return out

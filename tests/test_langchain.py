@@ -332,7 +332,7 @@ def test_import_without_langchain_core_names_the_extra(monkeypatch: pytest.Monke
     ]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "connectors.langchain")  # restored afterwards
-    with pytest.raises(OptionalDependencyError, match=r"pagerag\[langchain\]") as info:
+    with pytest.raises(OptionalDependencyError, match=r"pip install -e .*\[langchain\]") as info:
         importlib.import_module("connectors.langchain")
     assert isinstance(info.value, ImportError)
     assert info.value.extra == "langchain"

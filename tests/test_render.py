@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.ingest import render as render_module
 from pipeline.config import RenderConfig
 from pipeline.errors import (
     DamagedFileError,
@@ -39,6 +38,7 @@ from pipeline.errors import (
     UnsupportedFileError,
     WrongPasswordError,
 )
+from pipeline.ingest import render as render_module
 from pipeline.ingest.render import (
     PageFailure,
     PopplerNotInstalledError,

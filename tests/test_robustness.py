@@ -40,12 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from pipeline.cli import app
+from tests import clirun
 from tests.test_render import GREY_BOX, write_pdf
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pdftoppm") is None or shutil.which("pdfinfo") is None,
@@ -275,14 +272,13 @@ def run_sweep(corpus: Path, rows: list[Row], data: Path, *, hard_timeout: float)
             "render": {**SWEEP_RENDER, "passwords": passwords},
         },
     }
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
-        cwd=REPO,
-        env=env,
+        cwd=clirun.REPO,
+        env=clirun.process_env({}),
         timeout=hard_timeout,  # "the job finishes"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -532,20 +528,17 @@ THREE_PAGES = "robust/pdfjs/test/pdfs/three_pages_with_number.pdf"
 
 @pytest.fixture
 def cli_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
-    return {
-        "PAGERAG_STORE__PATH": str(tmp_path / "data"),
-        "PAGERAG_EMBEDDING__MODEL_PATH": str(tiny_model_dir),
-        "PAGERAG_EMBEDDING__DEVICE": "cpu",
-        "PAGERAG_RENDER__DPI": "40",
-        "OPENAI_API_KEY": "",
-    }
+    return clirun.cli_env(tmp_path / "data", tiny_model_dir)
 
 
 def ingest(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
-    result = CliRunner().invoke(app, ["ingest", *args, "--json"], env=env)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, json.loads(result.stdout)
+    code, out, _ = clirun.invoke(env, "ingest", *args, "--json")
+    return code, json.loads(out)
+
+
+def utf8(env: dict[str, str]) -> dict[str, str]:
+    """For a real process given non-ASCII argv: a UTF-8 locale and standard streams."""
+    return {**env, "PYTHONIOENCODING": "utf-8", "LANG": os.environ.get("LANG", "C.UTF-8")}
 
 
 def test_password_option_opens_a_user_password_pdf(
@@ -596,25 +589,17 @@ def test_non_ascii_password_on_the_command_line_opens_rc4_and_aes256_files(
     folder.mkdir()
     for name in (R3_LATIN1, R6_UTF8, OWNER_ONLY_PDF, THREE_PAGES):
         shutil.copy(corpus / name, folder / Path(name).name)
-    env = {**os.environ, **cli_env, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
-    env.setdefault("LANG", "C.UTF-8")
-    argv = [sys.executable, "-m", "pipeline.cli", "ingest", str(folder), "--json"]
-    proc = subprocess.run(
-        [*argv, "--password", "hôtel"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=120,
+    code, out, err = clirun.run(
+        utf8(cli_env), "ingest", str(folder), "--json", "--password", "hôtel"
     )
-    report = json.loads(proc.stdout)
-    assert proc.returncode == 0, (report, proc.stderr[-2000:])
+    report = json.loads(out)
+    assert code == 0, (report, err[-2000:])
     statuses = {Path(o["path"]).name: o["status"] for o in report["outcomes"]}
     assert statuses["encrypted_hello_world_r3.pdf"] == "ingested"
     assert statuses["encrypted_hello_world_r6.pdf"] == "ingested"
     assert statuses["orientation.pdf"] == "ingested"
     assert statuses["three_pages_with_number.pdf"] == "ingested"
-    assert "hôtel" not in proc.stdout + proc.stderr
+    assert "hôtel" not in out + err
 
 
 def test_pdfs_with_a_late_or_missing_header_ingest_and_unreadable_ones_are_damaged(
@@ -657,22 +642,13 @@ def test_an_aes256_password_is_saslprepped_as_pdf_2_requires(
         check=True,
         capture_output=True,
     )
-    env = {**os.environ, **cli_env, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
-    env.setdefault("LANG", "C.UTF-8")
     typed = "pass\u00aaw\u00adord"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "ingest", str(pdf), "--json", "--password", typed],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=120,
-    )
-    report = json.loads(proc.stdout)
-    assert proc.returncode == 0, (report, proc.stderr[-2000:])
+    code, out, err = clirun.run(utf8(cli_env), "ingest", str(pdf), "--json", "--password", typed)
+    report = json.loads(out)
+    assert code == 0, (report, err[-2000:])
     (o,) = report["outcomes"]
     assert (o["status"], o["pages"]) == ("ingested", 1)
-    assert typed not in proc.stdout + proc.stderr
+    assert typed not in out + err
 
 
 def test_a_looping_file_costs_at_most_the_timeout_in_a_job(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from connectors.openai_vlm import OpenAIAnswerer
-from pipeline import PageRAG
+from pipeline import PageRAG, SearchOptions
 from pipeline.config import load_config
 from pipeline.errors import CollectionNotFoundError, QueryError, StoreUnavailableError
 from pipeline.testing.fakes import FakeEmbedder
@@ -83,6 +83,28 @@ def test_async_search_equals_sync(rag: PageRAG) -> None:
     sync = rag.search("a table", k=5)
     async_hits = asyncio.run(rag.asearch("a table", k=5))
     assert [h.point_id for h in async_hits] == [h.point_id for h in sync]
+
+
+def test_one_search_options_value_for_every_search_and_ask(rag: PageRAG, tmp_path: Path) -> None:
+    """search/ask/ask_stream/asearch/aask take k, filter and mode as keywords, as k alone,
+    or as one SearchOptions value; every form finds the same pages."""
+    where = {"source": str(tmp_path / "docs" / "eight.pdf")}
+    options = SearchOptions(k=3, filter=where, mode="exact")
+    by_keywords = rag.search("boxes", k=3, filter=where, mode="exact")
+    assert len(by_keywords) == 3
+    ids = [h.point_id for h in by_keywords]
+    assert [h.point_id for h in rag.search("boxes", options)] == ids
+    assert [h.point_id for h in rag.search("boxes", 3, filter=where, mode="exact")] == ids
+    assert [h.point_id for h in asyncio.run(rag.asearch("boxes", options))] == ids
+    # keywords override a value's fields
+    assert len(rag.search("boxes", options, k=1)) == 1
+    # no VLM is configured: the answers list the pages they would have sent
+    assert [h.point_id for h in rag.ask("boxes", options).sources] == ids
+    assert [h.point_id for h in asyncio.run(rag.aask("boxes", options)).sources] == ids
+    assert [h.point_id for h in rag.ask_stream("boxes", options).result().sources] == ids
+    assert rag.plan(options).mode == "exact"
+    with pytest.raises(TypeError, match="top_k"):
+        rag.search("boxes", top_k=3)
 
 
 @pytest.mark.parametrize("query", ["", "   \n"])
@@ -205,7 +227,9 @@ def test_store_outage_mid_job_fails_the_rest_clearly_and_a_rerun_resumes(
         assert all(o.status in ("failed", "ingested") for o in report.outcomes)
         failed = [o for o in report.outcomes if o.status == "failed"]
         assert failed
-        assert all("unreachable" in (o.message or "") for o in failed)
+        # the outage is reported once for the job; each file names it in a few words
+        assert report.error is not None and "unreachable" in report.error
+        assert all("store unavailable" in (o.message or "") for o in failed)
         store.upsert_pages = real_upsert  # type: ignore[method-assign]
 
         again = rag.ingest([docs])

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from pipeline.ingest import sources
 from pipeline.config import RenderConfig
 from pipeline.errors import ConfigError
+from pipeline.ingest import sources
 from pipeline.ingest.sources import PasswordBook, discover, hash_file
 
 

@@ -766,3 +766,31 @@ def test_grpc_errors_are_classified(name: str, kind: str, transient: bool) -> No
     failure = _classify(error_type(name))
     assert failure is not None
     assert (failure.kind, failure.transient) == (kind, transient)
+
+
+@pytest.mark.parametrize(
+    ("url", "warns"),
+    [
+        ("http://qdrant:6333", False),  # a compose service name: a private network
+        ("http://localhost:6333", False),
+        ("http://10.0.3.7:6333", False),
+        ("http://192.168.1.20:6333", False),
+        ("http://[fd00::5]:6333", False),
+        ("https://qdrant.example.com:6333", False),  # encrypted
+        ("http://qdrant.example.com:6333", True),
+        ("http://93.184.216.34:6333", True),
+    ],
+)
+def test_api_key_over_plain_http_warns_only_for_hosts_that_may_be_public(
+    url: str, warns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pydantic import SecretStr
+
+    from pipeline.config import StoreConfig
+
+    secret = "s3cr3t-api-key"
+    store = ClientPageStore(StoreConfig(url=url, api_key=SecretStr(secret), prefer_grpc=False))
+    with caplog.at_level("WARNING"):
+        store._make_client().close()  # builds the client; nothing is sent
+    assert ("sent unencrypted" in caplog.text) is warns
+    assert secret not in caplog.text

@@ -183,3 +183,19 @@ def test_cli_help_says_what_it_is() -> None:
     text = " ".join(result.stdout.split())
     assert "random-weight stand-in" in text
     assert "offline tests" in text
+
+
+@pytest.mark.parametrize("module", ["onnx", "tokenizers"])
+def test_without_the_testing_extra_the_builder_says_what_to_install(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """After the runtime-only set-up onnx is missing: one line naming the extra, no traceback."""
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    assert tiny_colpali.main([str(tmp_path / "model")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: ")
+    assert f"'{module}'" in line
+    assert "[testing]" in line
+    assert not (tmp_path / "model").exists()

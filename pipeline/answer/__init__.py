@@ -3,6 +3,9 @@
 * :mod:`~pipeline.answer.answerer` — the ``Answerer`` protocol
   (``connectors.openai_vlm`` implements it), the prompt's parts, citation
   parsing, and the stand-in used when no VLM is configured.
+* :mod:`~pipeline.answer.messages` — those parts as the chat-completions
+  messages (system prompt, labelled page images, the question) that every
+  OpenAI-compatible endpoint takes.
 """
 
 from pipeline.answer.answerer import Answerer, NoVLMAnswerer, StreamingAnswer

@@ -34,6 +34,7 @@ from pipeline.errors import QueryError, StoreError
 from pipeline.types import Answer, PageHit, Usage
 
 __all__ = [
+    "NO_VLM_MESSAGE",
     "SYSTEM_PROMPT",
     "AnswerChunk",
     "Answerer",
@@ -242,7 +243,7 @@ class _Accumulator:
     """Collects chunks into the final Answer; shared by the sync and async streams."""
 
     def __init__(self, hits: Sequence[PageHit], model: str | None, *, answered: bool) -> None:
-        self._hits = tuple(hits)
+        self.hits = tuple(hits)
         self._texts: list[str] = []
         self._usage: Usage | None = None
         self._model = model
@@ -264,8 +265,8 @@ class _Accumulator:
 
     def answer(self) -> Answer:
         if not self._answered:
-            return Answer(text=self.text, sources=self._hits, answered=False)
-        return finish_answer(self.text, self._hits, usage=self._usage, model=self._model)
+            return Answer(text=self.text, sources=self.hits, answered=False)
+        return finish_answer(self.text, self.hits, usage=self._usage, model=self._model)
 
 
 class StreamingAnswer:
@@ -297,6 +298,11 @@ class StreamingAnswer:
     def text(self) -> str:
         """The text received so far."""
         return self._acc.text
+
+    @property
+    def sources(self) -> tuple[PageHit, ...]:
+        """The pages the model is shown, known before the first delta arrives."""
+        return self._acc.hits
 
     def __iter__(self) -> Iterator[str]:
         for chunk in self._chunks:
@@ -427,13 +433,16 @@ class Answerer(Protocol):
         ...
 
 
+NO_VLM_MESSAGE = (
+    "answering needs a vision-language model, and none is configured. Set vlm.base_url "
+    "(env PAGERAG_VLM__BASE_URL) to an OpenAI-compatible endpoint (vLLM, Ollama, …), or set "
+    "OPENAI_API_KEY to use OpenAI"
+)
+
+
 def no_vlm_answer(hits: Sequence[PageHit]) -> Answer:
     """What ``ask`` returns when no model is configured: the pages, and how to get answers."""
-    lines = [
-        "No answer: answering needs a vision-language model, and none is configured.",
-        "Set vlm.base_url (env PAGERAG_VLM__BASE_URL) to an OpenAI-compatible endpoint "
-        "(vLLM, Ollama, …), or set OPENAI_API_KEY to use OpenAI.",
-    ]
+    lines = [f"No answer: {NO_VLM_MESSAGE}."]
     if hits:
         lines.append("The retrieved pages are:")
         lines += [

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from pipeline.cli import eval as eval_commands
-from pipeline.cli import ingest, manage, query, reindex
+from pipeline.cli import ingest, manage, models, query, reindex, serve
 from pipeline.cli.common import err
 
 __all__ = ["app", "main"]
@@ -31,7 +31,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for group in (ingest, manage, query, eval_commands, reindex):
+for group in (ingest, manage, query, eval_commands, reindex, serve, models):
     group.register(app)
 
 

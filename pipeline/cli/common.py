@@ -1,9 +1,15 @@
 """What every ``pagerag`` command shares: consoles, common options, errors.
 
 Exit codes: 0 success; 1 some files failed (ingest) or a runtime error
-(store down, VLM failed); 2 usage or configuration error. ``--json`` prints
+(store down, VLM failed); 2 usage or configuration error, including ``ask``
+(or ``eval --answers``) without a VLM configured. ``--json`` prints
 machine-readable output on stdout; progress and errors go to stderr, and the
 progress bar appears only on a terminal.
+
+Both consoles print text as it is (``markup=False``): file names, queries and
+error messages may hold square brackets (``[draft] scan.png``,
+``'pagerag[gpu]'``), which Rich markup would swallow. Style goes through
+``style=`` or :class:`rich.text.Text`, never through markup in a string.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from pipeline.config import CONFIG_ENV, load_config
 from pipeline.errors import (
@@ -20,6 +27,7 @@ from pipeline.errors import (
     OptionalDependencyError,
     PageRAGError,
     QueryError,
+    VLMNotConfiguredError,
 )
 
 __all__ = [
@@ -31,15 +39,18 @@ __all__ = [
     "ModeOpt",
     "SourceOpt",
     "err",
+    "error_line",
+    "exit_code",
     "fail",
     "make_rag",
     "out",
     "page_filter",
     "parse_meta",
+    "plural",
 ]
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -53,10 +64,22 @@ ConfigOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 
 
+_USAGE_ERRORS = (ConfigError, QueryError, OptionalDependencyError, VLMNotConfiguredError)
+
+
+def exit_code(error: PageRAGError) -> int:
+    """2 for usage and configuration errors, 1 for runtime ones."""
+    return 2 if isinstance(error, _USAGE_ERRORS) else 1
+
+
+def error_line(message: str, label: str = "error:", style: str = "bold red") -> Text:
+    """``error: <message>`` with only the label styled; the message stays as it is."""
+    return Text.assemble((label, style), " ", message)
+
+
 def fail(error: PageRAGError) -> NoReturn:
-    code = 2 if isinstance(error, (ConfigError, QueryError, OptionalDependencyError)) else 1
-    err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
-    raise typer.Exit(code)
+    err.print(error_line(str(error)), highlight=False)
+    raise typer.Exit(exit_code(error))
 
 
 def make_rag(config: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -66,6 +89,11 @@ def make_rag(config: Path | None, overrides: dict[str, dict[str, Any]] | None = 
         return PageRAG(load_config(config, overrides=overrides))
     except PageRAGError as exc:
         fail(exc)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def parse_meta(items: list[str] | None) -> dict[str, str]:

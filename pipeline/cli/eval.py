@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import ConfigOpt, JsonOpt, err, fail, make_rag, out
+from pipeline.cli.common import ConfigOpt, JsonOpt, err, error_line, fail, make_rag, out
 from pipeline.errors import PageRAGError
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def _print_warnings(err: Any, result: EvalResult | ComparisonResult) -> None:
     else:
         runs = [cast("EvalResult", result)]
     for warning in dict.fromkeys(w for run in runs for w in run.warnings):
-        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        err.print(error_line(warning, "warning:", "bold yellow"), highlight=False)
 
 
 def _summary(result: EvalResult) -> str:
@@ -283,7 +283,7 @@ def _summary(result: EvalResult) -> str:
         f"{report.overall.count} scored" + (f", excluded: {excluded}" if excluded else ""),
     ]
     if result.skipped:
-        parts.append(f"[yellow]{len(result.skipped)} skipped (document missing)[/]")
+        parts.append(f"{len(result.skipped)} skipped (document missing)")
     if report.questions:
         parts.append(f"{1000 * result.search_seconds / len(report.questions):.0f} ms per search")
     if result.ingest is not None:
@@ -303,7 +303,7 @@ def _table(out: Any, table: Table) -> None:
     if out.is_terminal:
         out.print(table)
     else:
-        Console(file=out.file, width=_FILE_WIDTH, soft_wrap=True).print(table)
+        Console(file=out.file, width=_FILE_WIDTH, soft_wrap=True, markup=False).print(table)
 
 
 def _print_eval(out: Any, result: EvalResult, *, per_question: bool) -> None:
@@ -382,7 +382,9 @@ def explain_command(
     per_token: Annotated[
         bool,
         typer.Option(
-            "--per-token", help="One map per query token (where each token looks) in a grid."
+            "--per-token",
+            help="One map per query token (where each token looks) in a grid, each labelled "
+            "with its token; the model's query-template tokens (prompt, padding) are grey.",
         ),
     ] = False,
     kind: Annotated[
@@ -395,7 +397,8 @@ def explain_command(
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Draw which patches of page N made it match QUERY: a heatmap over the page image.
+    """Draw which patches of page N made it match QUERY: a heatmap over the page image,
+    with its colour scale below it.
 
     Uses the page's stored vectors and image and the collection's model, so it shows the
     comparison search made. Needs a model with a fixed patch grid (ColPali).
@@ -417,12 +420,12 @@ def explain_command(
             explanation = rag.explain_page(query, file, page, kind=cast("MapKind", kind))
     except PageRAGError as exc:
         fail(exc)
-    image = explanation.token_sheet() if per_token else explanation.image
+    image = explanation.token_sheet() if per_token else explanation.figure()
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         image.save(out_path)
     except OSError as exc:
-        err.print(f"[bold red]error:[/] cannot write {out_path}: {exc.strerror or exc}")
+        err.print(error_line(f"cannot write {out_path}: {exc.strerror or exc}"))
         raise typer.Exit(1) from None
     data = explanation.to_dict()
     data |= {"out": str(out_path), "out_size": list(image.size), "per_token": per_token}

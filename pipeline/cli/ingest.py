@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
+from rich.progress import ProgressColumn
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.cli.common import (
     ConfigOpt,
     JsonOpt,
     err,
+    error_line,
     fail,
     make_rag,
     out,
     parse_meta,
+    plural,
 )
 from pipeline.errors import PageRAGError
 
@@ -59,6 +66,31 @@ def ingest(
             "render limit changed since they were stored.",
         ),
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="local (threads on this machine, the default) or ray (Ray Data on a Ray "
+            "cluster, the ray extra; ingest.engine).",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: the cluster (auto, ray://head:10001); unset: a local Ray "
+            "on this machine (ray.address)."
+        ),
+    ] = None,
+    embed_actors: Annotated[
+        int | None,
+        typer.Option(
+            help="--engine ray: embed actors, each loading the model once (ray.embed_actors).",
+            min=1,
+        ),
+    ] = None,
+    gpus_per_actor: Annotated[
+        float | None,
+        typer.Option(help="--engine ray: GPUs per embed actor (ray.gpus_per_actor).", min=0),
+    ] = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -74,6 +106,11 @@ def ingest(
         overrides["render"] = {"workers": workers}
     if batch_size:
         overrides["embedding"] = {"batch_size": batch_size}
+    if engine:
+        overrides["ingest"] = {"engine": engine}
+    ray = {"address": ray_address, "embed_actors": embed_actors, "gpus_per_actor": gpus_per_actor}
+    if any(value is not None for value in ray.values()):
+        overrides["ray"] = {key: value for key, value in ray.items() if value is not None}
     rag = make_rag(config, overrides)
     metadata = parse_meta(meta)
     show = not quiet and not json_out and err.is_terminal
@@ -96,60 +133,119 @@ def ingest(
         out.print_json(json.dumps(report.to_dict()))
     else:
         _print_report(report)
+        if report.error:  # what stopped the job, said once (the files say it in short)
+            err.print(error_line(report.error), highlight=False)
     raise typer.Exit(report.exit_code)
 
 
 class _progress:
-    """A rich progress bar on stderr (pages/s, ETA) when it is a terminal."""
+    """A rich progress bar on stderr when it is a terminal.
+
+    Pages are counted up front (the job's count pass): until the count is
+    done the total shows as still counting and no ETA is given. The ETA is
+    the pages left at the rate since the first page was stored, recomputed at
+    every refresh, so it grows while nothing moves. Log records and warnings
+    (a Ctrl-C notice) are printed above the bar, each on its own line.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bar: Any = None
         self._task: Any = None
+        self._handlers: list[logging.Handler] = []
 
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self._bar = Progress(
-            TextColumn("[bold]ingest"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("pages"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[files]}"),
+            TextColumn("ingest", style="bold", markup=False),
+            BarColumn(bar_width=20),
+            _StatusColumn(),
             console=err,
         )
         self._bar.__enter__()
-        self._task = self._bar.add_task("ingest", total=None, rate="", files="")
+        self._task = self._bar.add_task("ingest", total=None, event=None, first=None)
+        self._route_logs()
         return self.update
 
     def update(self, event: Any) -> None:
         task = self._bar.tasks[0]
-        elapsed = task.elapsed or 0.0
-        rate = f"{event.pages_done / elapsed:.2f} pages/s" if elapsed > 0 else ""
+        first = task.fields["first"]
+        if first is None and event.pages_done:
+            first = (time.monotonic(), event.pages_done)
         self._bar.update(
             self._task,
             completed=event.pages_done,
-            total=event.pages_total or None,
-            rate=rate,
-            files=f"files {event.files_done}/{event.files_total}",
+            total=None if event.counting else event.pages_total,
+            event=event,
+            first=first,
         )
 
+    def _route_logs(self) -> None:
+        """Print log records (and warnings) through the bar's console while it runs."""
+        root = logging.getLogger()
+        self._handlers = list(root.handlers)
+        console = self._bar.console
+
+        class ToConsole(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                console.print(f"{record.levelname.lower()}: {record.getMessage()}", style="yellow")
+
+        for handler in self._handlers:
+            root.removeHandler(handler)
+        root.addHandler(ToConsole(logging.WARNING))
+        logging.captureWarnings(True)
+
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+        if self._bar is None:
+            return
+        self._bar.__exit__(*exc)
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in self._handlers:
+            root.addHandler(handler)
+        logging.captureWarnings(False)
+
+
+class _StatusColumn(ProgressColumn):
+    """``58/104 pages · 2.1 pages/s · 0:00:27 · ETA 0:00:22 · files 5/11 (2 unchanged)``."""
+
+    def render(self, task: Any) -> Text:
+        event = task.fields.get("event")
+        if event is None:
+            return Text("starting…")
+        elapsed = timedelta(seconds=int(task.elapsed or 0))
+        if event.counting:
+            pages = f"{event.pages_done}/{event.pages_total}+ pages (counting)"
+        else:
+            pages = f"{event.pages_done}/{event.pages_total} pages"
+        parts = [pages]
+        rate = self._rate(task)
+        if rate is not None:
+            parts.append(f"{rate:.2f} pages/s")
+        parts.append(str(elapsed))
+        if not event.counting and rate:
+            left = max(0, event.pages_total - event.pages_done) / rate
+            parts.append(f"ETA {timedelta(seconds=int(left))}")
+        files = f"files {event.files_done}/{event.files_total}"
+        if event.files_skipped:
+            files += f" ({event.files_skipped} unchanged)"
+        parts.append(files)
+        return Text(" · ".join(parts))
+
+    @staticmethod
+    def _rate(task: Any) -> float | None:
+        """Pages per second since the first page was stored (None: too early to say)."""
+        first = task.fields.get("first")
+        if first is None:
+            return None
+        since, at = first
+        seconds = time.monotonic() - since
+        pages = task.completed - at
+        return pages / seconds if seconds >= 2 and pages > 0 else None
 
 
 def _print_report(report: Any) -> None:
@@ -164,15 +260,17 @@ def _print_report(report: Any) -> None:
         detail = o.message or ""
         if o.replaced:
             detail = (detail + " " if detail else "") + f"replaced {len(o.replaced)} old version(s)"
-        table.add_row(f"[{colour[o.status]}]{o.status}[/]", o.path, pages, detail)
+        table.add_row(Text(o.status, style=colour[o.status]), o.path, pages, detail)
     if len(report.outcomes) <= 200:
         out.print(table)
     counts = ", ".join(
         f"{report.count(s)} {s}" for s in ("ingested", "skipped", "partial", "failed")
     )
     rate = report.pages_ingested / report.seconds if report.seconds else 0.0
-    out.print(
-        f"{len(report.outcomes)} files: {counts}; {report.pages_ingested} pages in "
-        f"{report.seconds:.1f} s ({rate:.2f} pages/s)"
-        + ("; [yellow]interrupted: rerun to resume[/]" if report.interrupted else "")
+    summary = Text(
+        f"{plural(len(report.outcomes), 'file')}: {counts}; "
+        f"{plural(report.pages_ingested, 'page')} in {report.seconds:.1f} s ({rate:.2f} pages/s)"
     )
+    if report.interrupted:
+        summary.append("; ").append("interrupted: rerun to resume", style="yellow")
+    out.print(summary)

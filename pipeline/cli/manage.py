@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.cli.common import (
     ConfigOpt,
@@ -19,6 +19,9 @@ from pipeline.cli.common import (
     out,
 )
 from pipeline.errors import PageRAGError, QueryError
+
+if TYPE_CHECKING:
+    from pipeline.retrieve.inventory import Status
 
 __all__ = ["register"]
 
@@ -59,11 +62,7 @@ def status(
     if json_out:
         out.print_json(json.dumps(data))
         return
-    table = Table(show_header=False, box=None)
-    for key, value in data.items():
-        if key != "document_list":
-            table.add_row(f"[bold]{key}", "-" if value is None else str(value))
-    out.print(table)
+    out.print(_status_table(info, data))
     if info.spec is None:
         out.print("nothing ingested yet: run `pagerag ingest FILES…`")
     elif info.spec.identity is None:
@@ -73,8 +72,9 @@ def status(
         )
     elif info.spec.identity.stand_in:
         out.print(
-            "[yellow]these vectors come from the random-weight stand-in model: useless for "
-            "retrieval quality[/]"
+            "these vectors come from the random-weight stand-in model: useless for "
+            "retrieval quality",
+            style="yellow",
         )
     for d in data.get("document_list", []):
         state = (
@@ -83,6 +83,72 @@ def status(
             else f"  incomplete: {d['incomplete']} {d['pages']}/{d['total_pages']}"
         )
         out.print(f"{d['document_id'][:12]}  {d['pages']:>5} p  {d['source']}{state}")
+
+
+def _status_table(info: Status, data: dict[str, Any]) -> Table:
+    """The collection, model and weights, documents and pages, and their bytes, in words."""
+    spec = info.spec
+    rows = [("collection", data["collection"]), ("engine", f"{data['engine']}, {data['location']}")]
+    if spec is not None:
+        weights = (
+            f"fingerprint {data['model_fingerprint']}, from {data['model_source']}"
+            if data["model_fingerprint"]
+            else "not recorded"
+        )
+        rows += [("model", data["model"]), ("weights", weights)]
+    if spec is None or spec.model != info.configured_model:
+        rows.append(("configured", info.configured_model))
+    incomplete = data["incomplete_documents"]
+    documents = str(data["documents"])
+    if incomplete:
+        documents += f" ({incomplete} incomplete: see status --documents)"
+    rows += [("documents", documents), ("pages", str(data["pages"]))]
+    if spec is not None:
+        pooled = f"pooled {', '.join(spec.pooled)}" if spec.pooled else "no pooled vectors"
+        quantized = "no quantization" if spec.quantization == "none" else spec.quantization
+        rows.append(("storage", f"{spec.datatype}, {quantized}, {pooled}"))
+    if data["pages"]:
+        rows += _size_rows(data)
+    table = Table(show_header=False, box=None)
+    for label, value in rows:
+        table.add_row(Text(label, style="bold"), value)
+    return table
+
+
+def _size_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Bytes in total and per page: on disk, the vectors, the rest (mostly page images)."""
+    pages = data["pages"]
+
+    def size(total: int) -> str:
+        return f"{human_bytes(total)}, {human_bytes(total / pages)} per page"
+
+    on_disk = data["bytes_on_disk"]
+    rows = [("on disk", "not reported by a Qdrant server" if on_disk is None else size(on_disk))]
+    per_page = data["vector_bytes_per_page"]
+    if per_page is None:
+        return [*rows, ("vectors", "not computed: the model's tokens per page vary")]
+    names = [name for name in ("full", "pooled", "quantized") if per_page[name]]
+    parts = [f"{name} {human_bytes(per_page[name])}" for name in names]
+    rows.append(("vectors", f"{size(data['vector_bytes'])} ({' + '.join(parts)})"))
+    if data["other_bytes_on_disk"] is not None:
+        rows.append(
+            (
+                "images etc.",
+                f"{size(data['other_bytes_on_disk'])} (page images, payloads, indexes: "
+                "on disk minus vectors)",
+            )
+        )
+    return rows
+
+
+def human_bytes(count: float) -> str:
+    """``263.7 KB``: decimal units (1 KB = 1000 B), as the docs give sizes."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 def delete(
@@ -121,8 +187,12 @@ def delete(
         out.print_json(json.dumps({"deleted": removed}))
     else:
         for target, ids in removed.items():
-            msg = f"deleted {len(ids)} document(s)" if ids else "[yellow]nothing matched[/]"
-            out.print(f"{escape(target)}: {msg}")
+            msg = (
+                Text(f"deleted {len(ids)} document(s)")
+                if ids
+                else Text("nothing matched", "yellow")
+            )
+            out.print(Text.assemble(f"{target}: ", msg))
     raise typer.Exit(0 if all(removed.values()) else 1)
 
 
@@ -136,7 +206,7 @@ def _confirm_many(target: str, found: list[Any]) -> None:
             )
         )
     for record in found[:20]:
-        err.print(f"  {record.document_id[:12]}  {escape(record.source or '(unfinished)')}")
+        err.print(f"  {record.document_id[:12]}  {record.source or '(unfinished)'}")
     if len(found) > 20:
         err.print(f"  … and {len(found) - 20} more")
     if not typer.confirm(f"delete these {len(found)} documents?", default=False, err=True):

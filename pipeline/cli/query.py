@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -16,6 +16,8 @@ from pipeline.cli.common import (
     MetaOpt,
     ModeOpt,
     SourceOpt,
+    err,
+    error_line,
     fail,
     make_rag,
     out,
@@ -95,40 +97,73 @@ def ask(
     """Answer QUESTION from the best-matching page images, citing pages.
 
     Needs a VLM: vlm.base_url (any OpenAI-compatible endpoint: OpenAI, vLLM, Ollama) and/or
-    OPENAI_API_KEY. Without one, prints the retrieved pages and how to configure it.
+    OPENAI_API_KEY. Without one, prints the pages it retrieved and how to configure a VLM,
+    and exits 2 (a configuration error); with no page to answer from, it exits 1.
     """
+    from pipeline.answer.answerer import NO_VLM_MESSAGE, NoVLMAnswerer
+
     rag = make_rag(config)
     flt = page_filter(source, document, meta)
     try:
         with rag:
+            if isinstance(rag.answerer, NoVLMAnswerer):
+                hits = rag.search(question, k, filter=flt, mode=mode)
+                _unanswered(question, hits, f"no answer: {NO_VLM_MESSAGE}", json_out, code=2)
             if stream and not json_out:
                 streaming = rag.ask_stream(question, k, filter=flt, mode=mode)
                 for delta in streaming:
-                    out.print(delta, end="", markup=False, highlight=False)
+                    out.print(delta, end="", highlight=False)
                 out.print()
                 answer = streaming.answer
             else:
                 answer = rag.ask(question, k, filter=flt, mode=mode)
-                if not json_out:
-                    out.print(answer.text, markup=False, highlight=False)
+                if not json_out and answer.answered:
+                    out.print(answer.text, highlight=False)
     except PageRAGError as exc:
         fail(exc)
+    if not answer.answered:  # no page to answer from (an empty collection or filter)
+        _unanswered(question, list(answer.sources), answer.text, json_out, code=1)
     if json_out:
-        out.print_json(
-            json.dumps(
-                {
-                    "question": question,
-                    "answered": answer.answered,
-                    "answer": answer.text,
-                    "model": answer.model,
-                    "sources": [_hit_dict(h) for h in answer.sources],
-                    "cited": [_hit_dict(h) for h in answer.cited],
-                    "usage": None if answer.usage is None else vars(answer.usage),
-                }
-            )
-        )
+        out.print_json(json.dumps(_answer_dict(question, answer)))
         return
     if answer.sources:
         out.print()
-        out.print("[bold]pages sent:[/]")
+        out.print("pages sent:", style="bold")
         _print_hits(list(answer.sources))
+
+
+def _answer_dict(question: str, answer: Any) -> dict[str, Any]:
+    return {
+        "question": question,
+        "answered": answer.answered,
+        "answer": answer.text if answer.answered else None,
+        "error": None,
+        "model": answer.model,
+        "sources": [_hit_dict(h) for h in answer.sources],
+        "cited": [_hit_dict(h) for h in answer.cited],
+        "retrieved": [_hit_dict(h) for h in answer.sources],
+        "usage": None if answer.usage is None else vars(answer.usage),
+    }
+
+
+def _unanswered(question: str, hits: list[Any], why: str, json_out: bool, *, code: int) -> NoReturn:
+    """No answer: say why on stderr, show what was retrieved (sent to no model), exit ``code``."""
+    if json_out:
+        data = {
+            "question": question,
+            "answered": False,
+            "answer": None,
+            "error": why,
+            "model": None,
+            "sources": [],  # pages shown to a model: none
+            "cited": [],
+            "retrieved": [_hit_dict(h) for h in hits],
+            "usage": None,
+        }
+        out.print_json(json.dumps(data))
+    else:
+        err.print(error_line(why))
+        if hits:
+            out.print("retrieved (not sent to any model):", style="bold")
+            _print_hits(hits)
+    raise typer.Exit(code)

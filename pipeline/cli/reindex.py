@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.common import ConfigOpt, err, fail, out
+from pipeline.cli.common import ConfigOpt, err, error_line, fail, out
 from pipeline.config import load_config
 from pipeline.errors import PageRAGError
 from pipeline.retrieve.reindex import ReindexProgress, ReindexReport
@@ -36,6 +36,17 @@ def reindex(
             "stored full vectors (no re-embedding).",
         ),
     ] = False,
+    token_pooling: Annotated[
+        int | None,
+        typer.Option(
+            "--token-pooling",
+            metavar="FACTOR",
+            help="Merge each stored page's vectors into ~1/FACTOR as many (hierarchical token "
+            "pooling, pagerag[torch]); no re-embedding. Row/column vectors are added first "
+            "when missing. Set embedding.token_pooling to the same FACTOR for later ingests.",
+            min=2,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     batch: Annotated[int, typer.Option(help="Pages read and written per batch.", min=1)] = 64,
     jsonout: Annotated[
@@ -43,16 +54,16 @@ def reindex(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Upgrade an existing collection in place so it supports --mode two_stage.
+    """Upgrade an existing collection in place: --pooled (two_stage search) or
+    --token-pooling FACTOR (fewer vectors per page), from the stored vectors.
 
     Safe to interrupt and rerun: a rerun finishes the pages still missing, and
-    the collection is marked pooled only when every page has its pooled vectors.
-    On a finished collection it changes nothing.
+    the manifest changes only when every page has the new vectors. On a
+    finished collection it changes nothing.
     """
-    if not pooled:
+    if not pooled and token_pooling is None:
         err.print(
-            "[bold red]error:[/] nothing to do: pass --pooled (the only reindex so far)",
-            highlight=False,
+            error_line("nothing to do: pass --pooled or --token-pooling FACTOR"), highlight=False
         )
         raise typer.Exit(2)
     from pipeline.api import PageRAG
@@ -60,7 +71,10 @@ def reindex(
     try:
         rag = PageRAG(load_config(config))
         with rag, _Progress(not quiet and not jsonout and err.is_terminal) as progress:
-            report = rag.reindex_pooled(batch=batch, progress=progress)
+            if token_pooling is not None:
+                report = rag.reindex_token_pooling(token_pooling, batch=batch, progress=progress)
+            else:
+                report = rag.reindex_pooled(batch=batch, progress=progress)
     except PageRAGError as exc:
         fail(exc)
     if jsonout:
@@ -70,6 +84,17 @@ def reindex(
 
 
 def _summary(report: ReindexReport) -> str:
+    if report.token_pooling:
+        if report.no_op:
+            return (
+                f"collection {report.collection!r} is already token-pooled by "
+                f"{report.token_pooling} on all {report.pages} pages: nothing to do"
+            )
+        return (
+            f"collection {report.collection!r}: token-pooled {report.pages_updated} of "
+            f"{report.pages} pages by {report.token_pooling} in {report.seconds:.1f} s; set "
+            f"embedding.token_pooling: {report.token_pooling} for later ingests"
+        )
     if report.no_op:
         return (
             f"collection {report.collection!r} already has pooled vectors "

@@ -1,10 +1,13 @@
 """Why a page matched: patch-level similarity maps and heatmaps over the page.
 
 A late-interaction score is ``MaxSim(q, d) = Σ_i max_j q_i · d_j``: each
-query token picks the one page token it resembles most. For a model with a
-fixed patch grid the page tokens ``[patch_offset, patch_offset + rows*cols)``
-are image patches in row-major order, so every similarity can be placed on
-the page. Three views are computed, all on the ``(rows, cols)`` grid:
+query token picks the one page token it resembles most. The page tokens
+``[offset, offset + rows*cols)`` of the page's patch grid
+(:class:`~pipeline.types.PatchGrid`) are image patches in row-major order,
+so every similarity can be placed on the page. The grid is the model's fixed
+one (ColPali: 32×32 at 0) or, for models with dynamic resolution (ColQwen,
+ColSmol), the page's own, recorded with its vectors at ingest: its shape
+follows the page's. Three views are computed, all on the ``(rows, cols)`` grid:
 
 ``per_token``
     ``(q, rows, cols)``: each query token's similarity with every patch —
@@ -21,10 +24,11 @@ the page. Three views are computed, all on the ``(rows, cols)`` grid:
     the sparse contribution map is too terse. Negative similarities are
     clipped because "unlike" carries no evidence in MaxSim.
 
-Alignment: the model squashes the page to a square input ignoring aspect
-ratio, so grid cell ``(r, c)`` covers rows ``r/rows .. (r+1)/rows`` of the
-page height and columns ``c/cols .. (c+1)/cols`` of its width, whatever the
-page shape. :func:`render_heatmap` maps the grid that way onto the page.
+Alignment: the model resizes the whole page onto its grid (ColPali squashes
+it to a square; dynamic-resolution models keep roughly its aspect ratio), so
+grid cell ``(r, c)`` covers rows ``r/rows .. (r+1)/rows`` of the page height
+and columns ``c/cols .. (c+1)/cols`` of its width, whatever the page shape.
+:func:`render_heatmap` maps the grid that way onto the page.
 
 :func:`explain_stored` applies all this to a stored page: its vectors and
 JPEG come from the store, the query is embedded by the collection's model.
@@ -49,12 +53,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline.embed.pooling import page_grid
 from pipeline.errors import QueryError
 from pipeline.models import MODELS, ModelSpec
-from pipeline.types import DocumentRecord, PageHit, page_point_id
+from pipeline.types import DocumentRecord, PageHit, PatchGrid, page_point_id
 
 if TYPE_CHECKING:
-    from pipeline.embed.protocol import PageEmbedder
+    from pipeline.embed.protocol import PageEmbedder, QueryToken
     from pipeline.retrieve.store import PageStore
 
 __all__ = [
@@ -63,6 +68,7 @@ __all__ = [
     "SimilarityMaps",
     "check_explain_request",
     "colorize",
+    "colour_scale",
     "explain_stored",
     "find_document",
     "heatmap_layer",
@@ -127,25 +133,30 @@ class SimilarityMaps:
 
 
 def _grid_models() -> str:
-    names = sorted(name for name, spec in MODELS.items() if spec.patch_grid is not None)
+    names = sorted(name for name, spec in MODELS.items() if spec.has_grid)
     return ", ".join(names) or "none registered"
 
 
-def similarity_maps(query: ArrayLike, page: ArrayLike, spec: ModelSpec) -> SimilarityMaps:
+def similarity_maps(
+    query: ArrayLike, page: ArrayLike, spec: ModelSpec, grid: PatchGrid | None = None
+) -> SimilarityMaps:
     """Per-token, contribution and combined maps of ``query`` ``(q, dim)`` on ``page``.
 
     ``page`` is the page's full multivector ``(tokens, dim)`` as stored
-    (patch tokens at ``spec.patch_offset``, plus any prompt tokens). Work
-    is done in float32 whatever the input dtype. Raises
-    :class:`~pipeline.errors.QueryError` when the model has no fixed patch
-    grid or the arrays do not fit the model.
+    (patch tokens at the grid's offset, plus any prompt tokens); ``grid`` the
+    page's own patch grid, None for the model's fixed one. Work is done in
+    float32 whatever the input dtype. Raises
+    :class:`~pipeline.errors.QueryError` when there is no grid or the arrays
+    do not fit the model.
     """
-    if spec.patch_grid is None:
+    grid = grid or page_grid(spec)
+    if grid is None:
         raise QueryError(
-            f"similarity maps are unavailable for {spec.name}: it tiles pages adaptively and "
-            f"has no fixed patch grid to draw on. Use a model with one ({_grid_models()})."
+            f"similarity maps are unavailable for {spec.name} on this page: the model has no "
+            "fixed patch grid and none was recorded with the page. Use a model with one "
+            f"({_grid_models()})."
         )
-    rows, cols = spec.patch_grid
+    rows, cols = grid.rows, grid.cols
     q = np.asarray(query, dtype=np.float32)
     d = np.asarray(page, dtype=np.float32)
     if q.ndim != 2 or q.shape[0] == 0:
@@ -157,7 +168,7 @@ def similarity_maps(query: ArrayLike, page: ArrayLike, spec: ModelSpec) -> Simil
             f"dimension mismatch: query {q.shape[1]}, page {d.shape[1]}, "
             f"model {spec.name} {spec.dim}; were both embedded with this model?"
         )
-    first, last = spec.patch_offset, spec.patch_offset + rows * cols
+    first, last = grid.offset, grid.stop
     if d.shape[0] < last:
         raise QueryError(
             f"the page has {d.shape[0]} vectors but {spec.name} puts {rows}x{cols} patch "
@@ -286,12 +297,14 @@ def render_token_maps(
     thumb_width: int = 320,
     alpha: float = 0.6,
     shared_scale: bool = False,
+    dimmed: Sequence[bool] | None = None,
 ) -> Image.Image:
     """One heatmap per query token, tiled into a single labelled image.
 
     Each map is scaled on its own (where does *this* token look) unless
     ``shared_scale``, which puts all on one scale (which tokens matter).
-    ``labels`` default to ``token 0``, ``token 1`` …
+    ``labels`` default to ``token 0``, ``token 1`` …; labels whose ``dimmed``
+    entry is true are grey (tokens of the model's query template, not the query).
     """
     maps = np.asarray(per_token, dtype=np.float32)
     if maps.ndim != 3 or maps.shape[0] == 0:
@@ -317,10 +330,52 @@ def render_token_maps(
     for i in range(count):
         x = (i % cols) * thumb_width
         y = (i // cols) * (thumb_height + label_height)
-        draw.text((x + 4, y + 2), str(labels[i]), fill="black", font=font)
+        grey = dimmed is not None and dimmed[i]
+        draw.text((x + 4, y + 2), str(labels[i]), fill="#909090" if grey else "black", font=font)
         tile = render_heatmap(thumb, maps[i], alpha=alpha, vmin=vmin, vmax=vmax)
         sheet.paste(tile, (x, y + label_height))
     return sheet
+
+
+def colour_scale(
+    width: int, *, low: float | None, high: float | None, caption: str, alpha: float = 0.6
+) -> Image.Image:
+    """A legend strip ``width`` pixels wide: the colour ramp as it shows over white paper.
+
+    Left is the coldest value (``low``, fully transparent), right the hottest
+    (``high``); the values are printed at the ends (omitted when None, e.g. for
+    maps each scaled on its own) and ``caption`` says what they measure.
+    """
+    if width < 1:
+        raise ValueError(f"the colour scale needs a positive width, got {width}")
+    font = ImageFont.load_default()
+    ramp_height, text_height, margin = 14, 14, 8
+    strip = Image.new("RGB", (width, ramp_height + 2 * text_height + margin), "white")
+    values = np.linspace(0.0, 1.0, max(1, width - 2 * margin), dtype=np.float32)
+    colours = colorize(values).astype(np.float32)
+    over_white = 255.0 + (values * alpha)[:, None] * (colours - 255.0)
+    ramp = np.broadcast_to(np.rint(over_white).astype(np.uint8), (ramp_height, *over_white.shape))
+    strip.paste(Image.fromarray(np.ascontiguousarray(ramp)), (margin, text_height))
+    draw = ImageDraw.Draw(strip)
+    draw.rectangle(
+        (margin - 1, text_height - 1, width - margin, text_height + ramp_height), outline="#c0c0c0"
+    )
+    draw.text((margin, 1), caption, fill="black", font=font)
+    bottom = text_height + ramp_height + 2
+    if low is not None:
+        draw.text((margin, bottom), f"{low:.3g}", fill="black", font=font)
+    if high is not None:
+        text = f"{high:.3g}"
+        right = width - margin - draw.textlength(text, font=font)
+        draw.text((right, bottom), text, fill="black", font=font)
+    return strip
+
+
+def _stacked(image: Image.Image, strip: Image.Image) -> Image.Image:
+    figure = Image.new("RGB", (image.width, image.height + strip.height), "white")
+    figure.paste(image.convert("RGB"), (0, 0))
+    figure.paste(strip, (0, image.height))
+    return figure
 
 
 # ------------------------------------------------ explaining a stored page
@@ -347,24 +402,76 @@ class Explanation:
     page: Image.Image
     image: Image.Image
     hit_score: float | None = None
+    # What each query row stands for (its text, and whether it is one of the query's
+    # words or the model's template); empty when the embedder cannot say.
+    tokens: tuple[QueryToken, ...] = ()
+    alpha: float = 0.6  # the heatmap's opacity at the hottest value
 
     @property
     def map(self) -> NDArray[np.float32]:
         """The ``(rows, cols)`` map the heatmap shows."""
         return self.maps.map(self.kind)
 
+    def figure(self) -> Image.Image:
+        """``image`` with its colour scale below it (what ``pagerag explain`` writes)."""
+        values = self.map
+        caption = (
+            f"score each patch added (sum {float(values.sum()):.3g} of MaxSim "
+            f"{self.maps.score:.3g})"
+            if self.kind == "contributions"
+            else "summed positive similarity of the query's tokens with each patch"
+        )
+        scale = colour_scale(
+            self.image.width,
+            low=float(values.min()),
+            high=float(values.max()),
+            caption=caption,
+            alpha=self.alpha,
+        )
+        return _stacked(self.image, scale)
+
+    def token_labels(self) -> tuple[list[str], list[bool]]:
+        """One label per query token (its text, marked when it is the template's) and
+        whether it is the template's (``prompt`` or ``padding``)."""
+        scores = self.maps.token_scores.tolist()
+        if len(self.tokens) != len(scores):  # the embedder cannot say what the rows are
+            return [f"token {i}: {score:.2f}" for i, score in enumerate(scores)], [False] * len(
+                scores
+            )
+        labels: list[str] = []
+        template: list[bool] = []
+        for i, (token, score) in enumerate(zip(self.tokens, scores, strict=True)):
+            if token.kind == "query":
+                labels.append(f"{i} {token.text!r} {score:.2f}")
+            else:
+                labels.append(f"{i} {token.text!r} ({token.kind}) {score:.2f}")
+            template.append(token.kind != "query")
+        return labels, template
+
     def token_sheet(self, *, columns: int = 4, shared_scale: bool = False) -> Image.Image:
-        """One labelled heatmap per query token (``explain --per-token``)."""
-        labels = [
-            f"token {i}: {score:.2f}" for i, score in enumerate(self.maps.token_scores.tolist())
-        ]
-        return render_token_maps(
+        """One heatmap per query token, labelled with the token, over a colour scale
+        (``explain --per-token``). Template tokens (prompt, padding) have grey labels."""
+        labels, template = self.token_labels()
+        sheet = render_token_maps(
             self.page,
             self.maps.per_token,
             labels=labels,
             columns=columns,
             shared_scale=shared_scale,
+            alpha=self.alpha,
+            dimmed=template,
         )
+        values = self.maps.per_token
+        scale = colour_scale(
+            sheet.width,
+            low=float(values.min()) if shared_scale else None,
+            high=float(values.max()) if shared_scale else None,
+            caption="similarity of the token with each patch"
+            + ("" if shared_scale else ": each map from its own lowest to its highest")
+            + "; grey labels: the model's query template, not your words",
+            alpha=self.alpha,
+        )
+        return _stacked(sheet, scale)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-safe summary (no arrays beyond the per-token best cells and scores)."""
@@ -384,6 +491,7 @@ class Explanation:
             "query_tokens": len(self.maps.token_scores),
             "token_scores": [round(float(s), 6) for s in self.maps.token_scores],
             "best_cells": [[int(r), int(c)] for r, c in self.maps.best_cell],
+            "tokens": [{"text": t.text, "kind": t.kind} for t in self.tokens],
         }
 
 
@@ -417,8 +525,19 @@ def explain_stored(
             f"page {point_id} is not in {where}: pass a hit from search, or "
             "page_point_id(document_id, page) of an ingested page"
         )
+    collection = store.spec()
+    if collection is not None and collection.token_pooling:
+        raise QueryError(
+            f"similarity maps are unavailable in collection {collection.name!r}: its pages' "
+            f"vectors were merged by token pooling (factor {collection.token_pooling}), so they "
+            "no longer sit on the patch grid. Explain pages of a collection ingested with "
+            "embedding.token_pooling: null"
+        )
+    from pipeline.retrieve.store import stored_grids
+
+    grid = stored_grids(store, embedder.spec, [point_id])[point_id]
     jpeg = _page_jpeg(store, point_id, hit)
-    maps = similarity_maps(embedder.embed_query(query), vectors, embedder.spec)
+    maps = similarity_maps(embedder.embed_query(query), vectors, embedder.spec, grid)
     page = Image.open(io.BytesIO(jpeg)).convert("RGB")
     return Explanation(
         query=query,
@@ -431,7 +550,17 @@ def explain_stored(
         page=page,
         image=render_heatmap(page, maps.map(kind), alpha=alpha, smooth=smooth),
         hit_score=hit.score if hit is not None else None,
+        tokens=_tokens(embedder, query, len(maps.token_scores)),
+        alpha=alpha,
     )
+
+
+def _tokens(embedder: PageEmbedder, query: str, rows: int) -> tuple[QueryToken, ...]:
+    """The query's tokens when the embedder can say, one per vector row; else ()."""
+    from pipeline.embed.protocol import query_tokens_of
+
+    tokens = query_tokens_of(embedder, query)
+    return tuple(tokens) if tokens is not None and len(tokens) == rows else ()
 
 
 def check_explain_request(
@@ -442,9 +571,9 @@ def check_explain_request(
         raise QueryError(f"kind must be 'contributions' or 'combined', got {kind!r}")
     if not isinstance(query, str) or not query.strip():
         raise QueryError("the query is empty: pass the question or words to explain")
-    if spec.patch_grid is None:
+    if not spec.has_grid:
         raise QueryError(
-            f"similarity maps are unavailable for {spec.name}: it has no fixed patch grid to "
+            f"similarity maps are unavailable for {spec.name}: it has no patch grid to "
             f"draw on. Use a model with one ({_grid_models()})."
         )
     if isinstance(hit_or_point_id, PageHit):

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.errors import ConfigError, EvidencePageError
 from pipeline.types import Usage
@@ -1092,7 +1093,7 @@ def comparison_table(comparison: RunComparison, *, title: str = "A vs B") -> Tab
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, d in comparison.overall.items():
         colour = "green" if d.delta > 1e-9 else "red" if d.delta < -1e-9 else None
-        delta = f"[{colour}]{d.delta:+.3f}[/]" if colour else f"{d.delta:+.3f}"
+        delta = Text(f"{d.delta:+.3f}", style=colour or "")
         table.add_row(
             _short(name),
             f"{d.a:.3f}",

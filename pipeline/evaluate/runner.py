@@ -18,7 +18,9 @@ Decisions, made once so numbers stay comparable between runs:
   ``docs_dir``) is matched to a stored document by its resolved path (the
   ``source`` recorded at ingest), else by the sha256 of the local file (the
   document id: the same bytes ingested from another folder), else — only
-  when the file is absent locally — by a unique file name. Retrieved pages of
+  when the file is absent locally and the run did not try to ingest it
+  (``ingest=False``) — by a unique file name. A file the run failed to
+  ingest (absent: a wrong ``docs_dir``) is missing, whatever is stored. Retrieved pages of
   a matched document are credited to the question's ``doc``; pages of any
   other document keep their stored source and never count as relevant.
 * **Missing documents** (failed ingest, not in the collection) stop the run
@@ -549,7 +551,9 @@ def _resolve_documents(
             from pipeline.ingest.sources import hash_file
 
             record = by_id.get(hash_file(path))
-        if record is None and not path.exists():
+        if record is None and not path.exists() and str(path) not in failures:
+            # Only when no ingest of it was asked for (--no-ingest): a failed ingest means
+            # --docs is wrong, and a stored namesake would hide that.
             same_name = by_name.get(path.name, [])
             if len(same_name) == 1:
                 record = same_name[0]
@@ -749,8 +753,7 @@ def _run_config(
     retrieval = rag.config.retrieval
     requested = run.mode or retrieval.mode
     # The mode ``search`` will really use ("auto" depends on the collection size).
-    _, prefetch = rag._plan(spec, cast(Mode, requested), max(ks))
-    effective = "two_stage" if prefetch else "exact"
+    effective = rag.plan(k=max(ks), mode=run.mode).mode
     identity = spec.identity
     config: dict[str, Any] = {
         "model": spec.model_label,

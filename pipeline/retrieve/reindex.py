@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from pipeline.embed.pooling import POOLED_VECTORS, pool_page, supports_pooling
+from pipeline.embed.pooling import POOLED_VECTORS, pool_page, pool_tokens, supports_pooling
 from pipeline.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -42,7 +42,7 @@ from pipeline.errors import (
     StoreError,
 )
 from pipeline.models import ModelSpec
-from pipeline.retrieve.store import PageStore
+from pipeline.retrieve.store import PageStore, stored_grids
 from pipeline.types import CollectionSpec, Float16Array
 
 __all__ = [
@@ -50,7 +50,9 @@ __all__ = [
     "PooledVectorStore",
     "ReindexProgress",
     "ReindexReport",
+    "TokenPoolingStore",
     "reindex_pooled",
+    "reindex_token_pooling",
 ]
 
 # Passes over "pages still missing pooled vectors" before giving up. One pass
@@ -92,6 +94,19 @@ class PooledVectorStore(PageStore, Protocol):
         ...
 
 
+@runtime_checkable
+class TokenPoolingStore(PooledVectorStore, Protocol):
+    """What ``reindex --token-pooling`` needs beyond :class:`PooledVectorStore`."""
+
+    def record_full_vector(self, name: str, token_pooling: int | None) -> CollectionSpec:
+        """Make ``name`` the manifest's full vector, token-pooled by ``token_pooling``."""
+        ...
+
+    def drop_vectors(self, names: Sequence[str]) -> None:
+        """Delete named vectors the manifest no longer uses (absent ones are skipped)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ReindexProgress:
     """Sent after every batch: pages written so far out of those found missing."""
@@ -110,8 +125,9 @@ class ReindexReport:
     pages: int  # page points in the collection
     pages_updated: int  # pages given pooled vectors by this run
     passes: int  # passes over missing pages (0: nothing was missing)
-    recorded: bool  # this run added the pooled names to the manifest
+    recorded: bool  # this run changed the manifest (pooled names, or the token-pooled vector)
     seconds: float
+    token_pooling: int | None = None  # the collection's token pooling factor afterwards
 
     @property
     def no_op(self) -> bool:
@@ -152,19 +168,14 @@ def reindex_pooled(
         )
     names = POOLED_VECTORS
     store.add_vectors(names)
-    updated = 0
-    passes = 0
-    while (todo := store.count_pages_missing(names)) > 0:
-        if passes == MAX_PASSES:
-            raise _incomplete(store, spec, names, todo)
-        passes += 1
-        done = 0
-        for ids in store.page_ids_missing(names, batch=batch):
-            written = _reindex_batch(store, spec_model, ids, names)
-            done += written
-            updated += written
-            if progress is not None:
-                progress(ReindexProgress(done, max(todo, done), passes))
+    updated, passes = _fill_missing(
+        store,
+        spec,
+        names,
+        lambda ids: _reindex_batch(store, spec_model, ids, names),
+        batch=batch,
+        progress=progress,
+    )
     recorded = not set(names) <= set(spec.pooled)
     if updated or recorded:
         store.flush()  # every pooled vector durable before the manifest says so
@@ -181,7 +192,130 @@ def reindex_pooled(
     )
 
 
-def _check(store: PageStore, spec_model: ModelSpec) -> CollectionSpec:
+def reindex_token_pooling(
+    store: PageStore,
+    spec_model: ModelSpec,
+    factor: int,
+    *,
+    batch: int = 64,
+    progress: Callable[[ReindexProgress], None] | None = None,
+) -> ReindexReport:
+    """Token-pool every stored page of the opened ``store`` by ``factor``, in place.
+
+    Nothing is embedded: each page's stored full vectors are merged by
+    colpali-engine's hierarchical pooler (:func:`~pipeline.embed.pooling.pool_tokens`).
+    Row/column vectors, which need the unmerged patch grid, are added first
+    when the model has a grid and the collection lacks them
+    (:func:`reindex_pooled`). Kill-safe like it: the merged vectors go to a
+    new named vector (``<full>_tp<factor>``); pages still lacking it are found
+    by the store on every pass; only when none is left does the manifest
+    switch search (and later ingests) to it, and then the old full vectors
+    are deleted to free their space. A rerun finishes what a killed run left.
+    """
+    started = time.perf_counter()
+    if factor < 2:
+        raise ConfigError(f"--token-pooling must be 2 or more, got {factor}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    spec = _check_model(store, spec_model)
+    if not isinstance(store, TokenPoolingStore):
+        raise StoreError(
+            f"the page store {type(store).__name__} cannot replace stored vectors, so "
+            f"collection {spec.name!r} cannot be token-pooled in place: re-ingest its "
+            "documents into a new collection with embedding.token_pooling set"
+        )
+    target = f"full_tp{factor}"
+    if spec.token_pooling == factor and spec.full_vector == target:
+        store.drop_vectors(["full"])  # finish a run killed after the switch
+        return _token_report(store, spec, 0, 0, recorded=False, started=started)
+    if spec.token_pooling:
+        raise ConfigError(
+            f"collection {spec.name!r} is already token-pooled (factor {spec.token_pooling}); "
+            "merged vectors cannot be unmerged: re-ingest into a new collection "
+            f"(store.collection) with embedding.token_pooling: {factor}"
+        )
+    if supports_pooling(spec_model) and not set(POOLED_VECTORS) <= set(spec.pooled):
+        spec = _pooled_first(store, spec_model, batch, progress)
+    source = spec.full_vector
+    store.add_vectors([target])
+
+    def merge(ids: list[str]) -> int:
+        merged = {
+            point_id: {target: pool_tokens(vectors, factor)}
+            for point_id, vectors in store.page_vectors(ids, using=source).items()
+        }
+        if merged:
+            store.update_vectors(merged)
+        return len(merged)
+
+    updated, passes = _fill_missing(store, spec, [target], merge, batch=batch, progress=progress)
+    store.flush()  # every merged vector durable before the manifest points at them
+    spec = store.record_full_vector(target, factor)
+    store.drop_vectors([source])
+    return _token_report(store, spec, updated, passes, recorded=True, started=started)
+
+
+def _fill_missing(
+    store: PooledVectorStore,
+    spec: CollectionSpec,
+    names: Sequence[str],
+    write: Callable[[list[str]], int],
+    *,
+    batch: int,
+    progress: Callable[[ReindexProgress], None] | None,
+) -> tuple[int, int]:
+    """Pass over the pages lacking ``names`` until none is left; ``write`` fills one
+    batch of ids and returns how many pages it wrote. Returns (pages written, passes)."""
+    updated = passes = 0
+    while (todo := store.count_pages_missing(names)) > 0:
+        if passes == MAX_PASSES:
+            raise _incomplete(store, spec, names, todo)
+        passes += 1
+        done = 0
+        for ids in store.page_ids_missing(names, batch=batch):
+            written = write(ids)
+            done += written
+            updated += written
+            if progress is not None:
+                progress(ReindexProgress(done, max(todo, done), passes))
+    return updated, passes
+
+
+def _pooled_first(
+    store: PageStore,
+    spec_model: ModelSpec,
+    batch: int,
+    progress: Callable[[ReindexProgress], None] | None,
+) -> CollectionSpec:
+    reindex_pooled(store, spec_model, batch=batch, progress=progress)
+    spec = store.spec()
+    if spec is None:  # pragma: no cover - reindex_pooled checked it exists
+        raise CollectionNotFoundError("the collection disappeared during reindexing")
+    return spec
+
+
+def _token_report(
+    store: PageStore,
+    spec: CollectionSpec,
+    updated: int,
+    passes: int,
+    *,
+    recorded: bool,
+    started: float,
+) -> ReindexReport:
+    return ReindexReport(
+        collection=spec.name,
+        pooled=tuple(spec.pooled),
+        pages=store.count_pages(),
+        pages_updated=updated,
+        passes=passes,
+        recorded=recorded,
+        seconds=time.perf_counter() - started,
+        token_pooling=spec.token_pooling,
+    )
+
+
+def _check_model(store: PageStore, spec_model: ModelSpec) -> CollectionSpec:
     spec = store.spec()
     if spec is None:
         raise CollectionNotFoundError(
@@ -193,10 +327,22 @@ def _check(store: PageStore, spec_model: ModelSpec) -> CollectionSpec:
             f"{spec_model.name} (dim {spec_model.dim}): pooling needs the model that made the "
             f"vectors. Set embedding.model to {spec.model}."
         )
+    return spec
+
+
+def _check(store: PageStore, spec_model: ModelSpec) -> CollectionSpec:
+    spec = _check_model(store, spec_model)
     if not supports_pooling(spec_model):
         raise ConfigError(
-            f"{spec_model.name} has no fixed patch grid, so pooled vectors (and two_stage "
-            "retrieval) are unavailable for it; keep retrieval.mode: exact"
+            f"{spec_model.name} has no fixed patch grid and records none per page, so pooled "
+            "vectors (and two_stage retrieval) are unavailable for it; keep retrieval.mode: exact"
+        )
+    if spec.token_pooling and not set(POOLED_VECTORS) <= set(spec.pooled):
+        raise ConfigError(
+            f"collection {spec.name!r} stores token-pooled vectors (factor "
+            f"{spec.token_pooling}), which no longer sit on the patch grid, so row/column "
+            "vectors cannot be computed from them: re-ingest into a new collection to have "
+            "both, or keep retrieval.mode: exact"
         )
     return spec
 
@@ -206,9 +352,11 @@ def _reindex_batch(
 ) -> int:
     """Pool and write one batch; returns pages written (pages deleted meanwhile are skipped)."""
     writes: dict[str, dict[str, Float16Array]] = {}
-    for point_id, vectors in store.page_vectors(ids).items():
+    stored = store.page_vectors(ids)
+    grids = stored_grids(store, spec_model, stored)  # each page's own, when it varies
+    for point_id, vectors in stored.items():
         try:
-            pooled = pool_page(vectors, spec_model)
+            pooled = pool_page(vectors, spec_model, grids[point_id])
         except ValueError as exc:
             raise StoreError(
                 f"page {point_id} cannot be pooled ({exc}); delete and re-ingest its document"
@@ -224,9 +372,9 @@ def _incomplete(
 ) -> StoreError:
     sample = next(iter(store.page_ids_missing(names, batch=5)), [])
     return StoreError(
-        f"{todo} pages of collection {spec.name!r} still lack pooled vectors after "
+        f"{todo} pages of collection {spec.name!r} still lack vectors {', '.join(names)} after "
         f"{MAX_PASSES} passes (e.g. {', '.join(sample)}): their full vectors could not be "
-        "read, or an ingest kept adding pages. Stop other ingests and rerun "
-        "`pagerag reindex --pooled`; if it persists, delete and re-ingest those documents. "
-        "The collection stays exact-only meanwhile."
+        "read, or an ingest kept adding pages. Stop other ingests and rerun `pagerag "
+        "reindex`; if it persists, delete and re-ingest those documents. Search keeps "
+        "using the vectors it used before meanwhile."
     )

@@ -32,7 +32,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
+from pipeline.embed.pooling import GRID_FIELD, page_grid
 from pipeline.errors import StoreError
+from pipeline.models import ModelSpec
 from pipeline.types import (
     CollectionSpec,
     DocumentRecord,
@@ -40,6 +42,7 @@ from pipeline.types import (
     ModelIdentity,
     PageFilter,
     PagePoint,
+    PatchGrid,
     ScoredPage,
     StoreStats,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "KIND_PAGE",
     "MANIFEST_SCHEMA_VERSION",
     "PageStore",
+    "PayloadReader",
     "adopt_identity",
     "check_manifest_version",
     "manifest_payload",
@@ -60,6 +64,7 @@ __all__ = [
     "record_to_payload",
     "source_dirs",
     "spec_from_manifest",
+    "stored_grids",
     "weights_problem",
     "weights_remedy",
 ]
@@ -95,6 +100,7 @@ def manifest_payload(spec: CollectionSpec, *, engine: str) -> dict[str, Any]:
         "on_disk": spec.on_disk,
         "distance": "Dot",
         "comparator": "max_sim",
+        "token_pooling": spec.token_pooling,
         **_identity_payload(spec.identity),
     }
 
@@ -132,6 +138,7 @@ def spec_from_manifest(name: str, manifest: Mapping[str, Any]) -> CollectionSpec
         quantization=manifest.get("quantization", "none"),
         on_disk=bool(manifest.get("on_disk", False)),
         identity=_identity_from_manifest(manifest),
+        token_pooling=int(manifest["token_pooling"]) if manifest.get("token_pooling") else None,
     )
 
 
@@ -389,3 +396,27 @@ class PageStore(Protocol):
     def close(self) -> None:
         """Release the engine (the embedded data directory lock)."""
         ...
+
+
+@runtime_checkable
+class PayloadReader(Protocol):
+    """Reads chosen payload fields of stored pages (both adapters in ``connectors/`` do)."""
+
+    def page_payloads(
+        self, point_ids: Iterable[str], fields: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """``{point_id: {field: value}}`` for the pages found; unknown ids are left out."""
+        ...
+
+
+def stored_grids(
+    store: PageStore, model: ModelSpec, point_ids: Iterable[str]
+) -> dict[str, PatchGrid | None]:
+    """Each stored page's patch grid: the one its payload recorded (models whose grid
+    varies by page), else the model's fixed one; None for a page without one (a
+    token-pooled page, a model without a grid)."""
+    ids = list(point_ids)
+    payloads: dict[str, dict[str, Any]] = {}
+    if model.patch_grid is None and model.per_page_grid and isinstance(store, PayloadReader):
+        payloads = store.page_payloads(ids, [GRID_FIELD])
+    return {point_id: page_grid(model, payloads.get(point_id)) for point_id in ids}

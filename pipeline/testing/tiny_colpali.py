@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.embed.fingerprint import STAND_IN_KEY
+from pipeline.errors import OptionalDependencyError
 
 __all__ = [
     "HIDDEN_DIM",
@@ -82,9 +84,10 @@ _CORPUS = (
 )
 
 
-def _tokenizer_json() -> str:
-    """A small byte-level BPE tokenizer, serialized as ``tokenizer.json``."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+def bpe_tokenizer(special_tokens: Sequence[str], corpus: Sequence[str] = _CORPUS) -> Any:
+    """A small byte-level BPE ``tokenizers.Tokenizer`` learnt from ``corpus``, with
+    ``special_tokens`` first in its vocabulary (the torch stand-ins use it too)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -92,11 +95,19 @@ def _tokenizer_json() -> str:
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(list(_CORPUS) * 4, trainer=trainer)
+    tokenizer.train_from_iterator(list(corpus) * 4, trainer=trainer)
+    return tokenizer
+
+
+def _tokenizer_json() -> str:
+    """A small byte-level BPE tokenizer, serialized as ``tokenizer.json``."""
+    from tokenizers import AddedToken
+
+    tokenizer = bpe_tokenizer(SPECIAL_TOKENS)
     # fastembed overwrites the first two query ids, so "Query" must be exactly
     # one token however the merges came out.
     tokenizer.add_tokens([AddedToken("Query", normalized=False)])
@@ -262,6 +273,7 @@ def build(out_dir: Path, *, seed: int = 0) -> Path:
     ``preprocessor_config.json``. The same ``seed`` always gives the same
     bytes, so tests can compare vectors across runs.
     """
+    _require_testing_extra()
     import onnx
 
     out_dir = Path(out_dir)
@@ -282,6 +294,19 @@ def build(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+def _require_testing_extra() -> None:
+    """onnx and tokenizers come with the ``testing`` extra (``scripts/setup.sh --dev``)."""
+    import importlib
+
+    for module in ("onnx", "tokenizers"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise OptionalDependencyError(
+                "Building the stand-in model", "testing", module
+            ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.testing.tiny_colpali",
@@ -295,7 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="directory to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     args = parser.parse_args(argv)
-    path = build(args.out_dir, seed=args.seed)
+    try:
+        path = build(args.out_dir, seed=args.seed)
+    except OptionalDependencyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(path)
     return 0
 
