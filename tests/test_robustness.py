@@ -238,7 +238,10 @@ json.dump({
     "report": report.to_dict(),
     "wall_seconds": wall,
     "points": points,
-    "job_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    # VmHWM, not RUSAGE_SELF: Linux carries a forking parent's peak across exec into
+    # ru_maxrss, so a job started from a big pytest process would report pytest's size.
+    "job_maxrss_kb": int(next(line.split()[1] for line in open("/proc/self/status")
+                              if line.startswith("VmHWM:"))),
     "poppler_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
 }, sys.stdout)
 """
