@@ -62,7 +62,7 @@ from pipeline.ingest.stages import (
     EmbedStage,
     RenderStage,
     UpsertStage,
-    _decode,
+    decode_page,
 )
 from pipeline.retrieve.store import PageStore
 from pipeline.types import CollectionSpec, PagePoint
@@ -188,7 +188,7 @@ class _EmbedActor:
                 out.append(_passed(kind, doc, blob, _busy))
                 continue
             page = pickle.loads(blob)
-            decoded = _decode(Path(page.source), page)
+            decoded = decode_page(Path(page.source), page)
             if isinstance(decoded, PageFailure):
                 out.append(_row(_POINT, int(doc), decoded))
             else:

@@ -56,6 +56,7 @@ __all__ = [
     "EmbedStage",
     "RenderStage",
     "UpsertStage",
+    "decode_page",
     "remove_other_versions",
 ]
 
@@ -167,13 +168,13 @@ class RenderStage:
                 doc.plan, document_id=doc.document_id, source=str(doc.path), cancel=cancel
             )
             for item in items:
-                result = item if isinstance(item, PageFailure) else _decode(doc.path, item)
+                result = item if isinstance(item, PageFailure) else decode_page(doc.path, item)
                 if isinstance(result, PageFailure):
                     doc.failures.append(result)
                 yield result
 
 
-def _decode(path: Path, page: Page) -> DecodedPage | PageFailure:
+def decode_page(path: Path, page: Page) -> DecodedPage | PageFailure:
     # Decoded while rendering, not in the embed stage: the embedder's time goes to embedding.
     try:
         return DecodedPage(page, jpeg_to_image(page.jpeg))
