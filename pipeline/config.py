@@ -39,6 +39,7 @@ __all__ = [
     "RetrievalConfig",
     "ServeConfig",
     "StoreConfig",
+    "TextConfig",
     "VLMConfig",
     "default_data_dir",
     "load_config",
@@ -170,6 +171,12 @@ class IngestConfig(_Section):
     extensions: list[str] = Field(
         default_factory=lambda: [".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff"]
     )
+    # Which retrieval lanes pages get (docs/retrieval.md, "Lanes"): visual (the page
+    # image through the embedding model), text (the page's text layer as a BM25 sparse
+    # vector: no model, milliseconds a page), or visual+text. auto: the lanes of the
+    # existing collection, visual+text for a new one. A lane is added to an existing
+    # collection with `pagerag reindex --text` / `--visual`, never by an ingest.
+    lanes: Literal["auto", "visual", "text", "visual+text"] = "auto"
 
 
 class RayConfig(_Section):
@@ -208,7 +215,18 @@ class RayConfig(_Section):
 
 class RetrievalConfig(_Section):
     k: int = Field(default=5, ge=1, le=1000)
-    mode: Literal["exact", "two_stage", "auto"] = "auto"
+    # visual lane: exact | two_stage | auto (= visual: two_stage from two_stage_min_pages
+    # pages on); text: the text lane alone; hybrid: both lanes fused in one Qdrant query.
+    # auto on a text-only collection searches the text lane.
+    mode: Literal["auto", "visual", "exact", "two_stage", "text", "hybrid"] = "auto"
+    # hybrid: how the lanes' rankings are fused (rrf: weighted reciprocal rank fusion;
+    # dbsf: distribution-based score fusion), the RRF constant, each lane's weight, and
+    # how many candidates each lane hands to the fusion.
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    rrf_k: int = Field(default=60, ge=1)
+    visual_weight: float = Field(default=1.0, gt=0)
+    text_weight: float = Field(default=1.0, gt=0)
+    lane_k: int = Field(default=100, ge=1, le=10_000)
     # Two-stage: candidates per pooled vector, and which pooled vectors the first stage
     # scans. Measured by bench/retrieval.py on its synthetic 10k-page workload (stand-in
     # model, queries made from one page's patches; docs/retrieval.md): rows only at 400 was
@@ -218,6 +236,21 @@ class RetrievalConfig(_Section):
     prefetch_vectors: list[Literal["rows", "cols"]] = Field(default=["rows"], min_length=1)
     # In auto mode, collections with at least this many pages use two_stage.
     two_stage_min_pages: int = Field(default=2_000, ge=0)
+
+
+class TextConfig(_Section):
+    """The text lane: each page's text layer (pdftotext) as a BM25 sparse vector."""
+
+    # Tokenizer language (stemmer and stopwords) of Qdrant's BM25: english, german,
+    # french, spanish, ... (the Snowball languages). Fixed when a collection's text
+    # lane is created; changing it needs `pagerag reindex --text`.
+    language: str = "english"
+    # Characters of a page's text kept in the payload (the rest is cut, and the page
+    # recorded as cut): bounds payload size on pages that are walls of text.
+    max_page_chars: int = Field(default=100_000, ge=1_000)
+    # Also give the VLM each page's extracted text beside its image (off: costs prompt
+    # tokens on every question; docs/retrieval.md has the measurement).
+    answer_with_text: bool = False
 
 
 class VLMConfig(_Section):
@@ -266,6 +299,7 @@ class PageRAGConfig(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     vlm: VLMConfig = Field(default_factory=VLMConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 

@@ -18,11 +18,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "LANES",
     "LIMIT_KEYS",
+    "TEXT_FIELD",
+    "TEXT_VECTOR",
+    "VISUAL",
     "Answer",
     "CollectionSpec",
     "DocumentRecord",
     "Float16Array",
+    "Lane",
     "ModelIdentity",
     "Page",
     "PageFilter",
@@ -31,6 +36,7 @@ __all__ = [
     "PageVectors",
     "PatchGrid",
     "ScoredPage",
+    "SparseVector",
     "StoreStats",
     "Usage",
     "document_point_id",
@@ -38,6 +44,17 @@ __all__ = [
 ]
 
 Float16Array = NDArray[np.float16]
+
+# The two retrieval lanes a collection may hold. "visual": the page image's
+# multivector (and its pooled vectors), scored by MaxSim. "text": the page's
+# text layer as a sparse BM25 vector (TEXT_VECTOR) whose IDF the engine
+# computes over the live collection (Qdrant's Modifier.IDF).
+Lane = Literal["visual", "text"]
+VISUAL: tuple[Lane, ...] = ("visual",)
+LANES: tuple[Lane, ...] = ("visual", "text")
+TEXT_VECTOR = "text-bm25"
+# Payload key of a page's extracted text ("" when the page has no text layer).
+TEXT_FIELD = "text"
 
 # Fixed namespace so point ids are the same on every machine and every run:
 # concurrent or repeated upserts of a page overwrite instead of duplicating.
@@ -127,13 +144,46 @@ class PageVectors:
     grid: PatchGrid | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class SparseVector:
+    """A sparse vector: token ids (uint32, unique) and their weights (float32).
+
+    The text lane's BM25 vector: ids are Qdrant's murmur3 token hashes, so the
+    embedded engine, qdrant-client and a server agree on them. Empty (no
+    indices) for a page without text: such a page is not stored in the lane.
+    """
+
+    indices: NDArray[np.uint32]
+    values: NDArray[np.float32]
+
+    def __post_init__(self) -> None:
+        if self.indices.shape != self.values.shape or self.indices.ndim != 1:
+            raise ValueError(
+                f"sparse vector indices {self.indices.shape} and values {self.values.shape} "
+                "must be 1-D and of one length"
+            )
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    @classmethod
+    def of(cls, indices: Any, values: Any) -> SparseVector:
+        return cls(np.asarray(indices, dtype=np.uint32), np.asarray(values, dtype=np.float32))
+
+
 @dataclass(frozen=True)
 class PagePoint:
-    """What the store persists for one page: id, vectors and payload."""
+    """What the store persists for one page: id, vectors and payload.
+
+    ``vectors`` are the visual lane's multivectors (empty for a text-only
+    collection); ``sparse`` the text lane's vector by name (empty, or an
+    empty vector, for a page without text).
+    """
 
     point_id: str
     vectors: Mapping[str, Float16Array]  # vector name -> (n, dim) float16
     payload: Mapping[str, Any]
+    sparse: Mapping[str, SparseVector] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,6 +246,20 @@ class CollectionSpec:
     identity: ModelIdentity | None = None
     # Index-time token pooling factor of the stored full vectors (None: every vector kept).
     token_pooling: int | None = None
+    # The retrieval lanes every page of the collection has (manifests written before
+    # lanes existed: visual only). A text-only collection declares the visual vectors
+    # (so `reindex --visual` can fill them) but no page has them yet.
+    lanes: tuple[Lane, ...] = VISUAL
+    # The BM25 tokenizer language of the text lane (stemmer and stopwords).
+    text_language: str = "english"
+
+    @property
+    def has_visual(self) -> bool:
+        return "visual" in self.lanes
+
+    @property
+    def has_text(self) -> bool:
+        return "text" in self.lanes
 
     @property
     def model_label(self) -> str:
@@ -271,11 +335,17 @@ class PageFilter:
 
 @dataclass(frozen=True)
 class ScoredPage:
-    """A store search result, before the API layer turns it into a PageHit."""
+    """A store search result, before the API layer turns it into a PageHit.
+
+    ``lanes`` (fused searches only): the page's 1-based rank in each lane that
+    found it, e.g. ``{"visual": 3, "text": 1}``; a lane that did not find it
+    is absent. Single-lane searches leave it empty.
+    """
 
     point_id: str
     score: float
     payload: Mapping[str, Any]
+    lanes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -291,7 +361,12 @@ class StoreStats:
 
 @dataclass(frozen=True)
 class PageHit:
-    """A retrieved page: where it comes from, how well it matched, its image."""
+    """A retrieved page: where it comes from, how well it matched, its image.
+
+    ``lanes``: after a hybrid search, the page's 1-based rank in each lane that
+    found it (``{"visual": 2, "text": 1}``); after a one-lane search, that
+    lane and the page's rank in it.
+    """
 
     point_id: str
     document_id: str
@@ -300,6 +375,12 @@ class PageHit:
     score: float
     payload: Mapping[str, Any]
     image_loader: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
+    lanes: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The page's extracted text layer ("" without a text lane or without text)."""
+        return str(self.payload.get(TEXT_FIELD) or "")
 
     @property
     def file_name(self) -> str:

@@ -25,9 +25,19 @@ import numpy.typing as npt
 
 from pipeline.errors import QueryError
 from pipeline.retrieve.conditions import Where, pages_where
-from pipeline.types import CollectionSpec, Float16Array, PageFilter
+from pipeline.retrieve.fusion import Fuse
+from pipeline.types import CollectionSpec, Float16Array, PageFilter, SparseVector
 
-__all__ = ["OVERSAMPLING", "Nearest", "QueryKind", "QueryRequest", "Stage", "plan_query"]
+__all__ = [
+    "OVERSAMPLING",
+    "Fuse",
+    "Nearest",
+    "QueryKind",
+    "QueryRequest",
+    "SparseNearest",
+    "Stage",
+    "plan_query",
+]
 
 # Candidates rescored per result on a quantized collection: binary codes rank
 # MaxSim far more coarsely than int8, so they need a wider net.
@@ -42,15 +52,30 @@ class Nearest:
     using: str
 
 
-QueryKind = Nearest
+@dataclass(frozen=True, eq=False)
+class SparseNearest:
+    """Pages by dot product of the query's sparse vector with the sparse vector ``using``
+    (the text lane: BM25, with the IDF the engine computes over the collection)."""
+
+    vector: SparseVector
+    using: str
+
+
+QueryKind = Nearest | SparseNearest | Fuse
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A first stage: the ``limit`` best pages by ``query``, reranked by the request's query."""
+    """A first stage: the ``limit`` best pages by ``query``, reranked by the request's query.
+
+    A stage may have first stages of its own (``prefetch``): a hybrid search's
+    visual lane is a two-stage search (pooled candidates reranked by exact
+    MaxSim) nested under the fusion.
+    """
 
     query: QueryKind
     limit: int
+    prefetch: tuple[Stage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 from pipeline.embed.pooling import GRID_FIELD, page_grid
 from pipeline.errors import StoreError
 from pipeline.models import ModelSpec
+from pipeline.retrieve.fusion import Fuse
 from pipeline.types import (
     CollectionSpec,
     DocumentRecord,
@@ -44,6 +45,7 @@ from pipeline.types import (
     PagePoint,
     PatchGrid,
     ScoredPage,
+    SparseVector,
     StoreStats,
 )
 
@@ -372,6 +374,37 @@ class PageStore(Protocol):
         ``using`` defaults to the full multivector. ``prefetch`` is a list of
         ``(vector_name, limit)`` first stages whose union is reranked by
         ``using`` (two-stage retrieval). Payloads exclude the page image.
+        """
+        ...
+
+    def search_text(
+        self, query: SparseVector, *, k: int, filter: PageFilter | None = None
+    ) -> list[ScoredPage]:
+        """Top-``k`` pages of the text lane: BM25 of the query's terms (``TEXT_VECTOR``,
+        IDF computed by the engine over the collection). Each result's ``lanes`` is
+        ``{"text": rank}``. Pages without text are never returned; an empty query
+        vector returns no pages. ``QueryError`` when the collection has no text lane."""
+        ...
+
+    def search_hybrid(
+        self,
+        visual: Float16Array,
+        text: SparseVector,
+        *,
+        k: int,
+        fusion: Fuse,
+        lane_k: int,
+        filter: PageFilter | None = None,
+        prefetch: Sequence[tuple[str, int]] = (),
+    ) -> list[ScoredPage]:
+        """Top-``k`` pages of both lanes fused in one engine query.
+
+        The visual lane is exact MaxSim over every page, or with ``prefetch``
+        (pooled vector name, limit) the two-stage search; the text lane is as
+        :meth:`search_text`. Each lane hands its ``lane_k`` best pages (at least
+        ``k``) to ``fusion`` (weights in lane order: visual, text). The filter
+        applies to every lane. Each result's ``lanes`` holds its 1-based rank in
+        each lane that found it. An empty text vector fuses the visual lane alone.
         """
         ...
 
