@@ -9,7 +9,8 @@ vectors are added (server 1.18+) and the quantization is switched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from qdrant_client import models as qm
@@ -17,9 +18,12 @@ from qdrant_client import models as qm
 from connectors.qdrant_client.connection import Connection
 from connectors.qdrant_client.translate import (
     NO_HNSW,
+    added_sparse_vector,
     added_vector,
     layout_of,
     quantization,
+    sparse_layout_of,
+    sparse_params,
     to_filter,
     vector_params,
 )
@@ -31,8 +35,10 @@ from pipeline.errors import (
 )
 from pipeline.retrieve.conditions import INDEXED_FIELDS, pages_where
 from pipeline.retrieve.opening import (
+    VectorLayout,
     adopt_unmanifested,
     plan_evolution,
+    reconcile_lanes,
     refuse_mismatch,
     vector_roles,
     vectors_to_drop,
@@ -44,7 +50,7 @@ from pipeline.retrieve.store import (
     manifest_payload,
     spec_from_manifest,
 )
-from pipeline.types import CollectionSpec
+from pipeline.types import TEXT_VECTOR, CollectionSpec
 
 __all__ = ["Collections"]
 
@@ -63,7 +69,7 @@ class Collections:
         if not self._conn.is_local:
             self._check_server_version()
         if self.exists(name):
-            return self._open_existing(spec)
+            return self._open_existing(spec, writing=create)
         if not create:
             raise CollectionNotFoundError(
                 f"collection {name!r} does not exist in {self._conn.describe()}: nothing "
@@ -110,6 +116,21 @@ class Collections:
         if missing:
             self._add_pooled_vectors(recorded, missing)
 
+    def add_text_vector(self, name: str) -> None:
+        """Create the text lane's sparse vector unless the collection has it."""
+        if TEXT_VECTOR in self._sparse_layout(name):
+            return
+        with self._adding(name, TEXT_VECTOR):
+            self._conn.call(
+                f"adding the text lane to {name!r}",
+                lambda c: c.create_vector_name(
+                    name,
+                    vector_name=TEXT_VECTOR,
+                    vector_name_config=added_sparse_vector(),
+                    wait=True,
+                ),
+            )
+
     def drop_vectors(self, spec: CollectionSpec, names: Sequence[str]) -> None:
         """Delete named vectors the manifest does not use, from every point (absent: skipped)."""
         for vector_name in vectors_to_drop(spec, names, self._layout(spec.name)):
@@ -140,7 +161,9 @@ class Collections:
 
     def _create(self, spec: CollectionSpec) -> CollectionSpec:
         config = self._conn.config
-        vectors = {name: vector_params(spec, role) for name, role in vector_roles(spec).items()}
+        roles = vector_roles(spec).items()
+        vectors = {name: vector_params(spec, role) for name, role in roles if role != "sparse"}
+        sparse = {name: sparse_params() for name, role in roles if role == "sparse"}
         kwargs: dict[str, Any] = {
             key: getattr(config, key)
             for key in ("shard_number", "replication_factor", "write_consistency_factor")
@@ -152,6 +175,7 @@ class Collections:
                 lambda c: c.create_collection(
                     spec.name,
                     vectors_config=vectors,
+                    sparse_vectors_config=sparse or None,
                     # Also collection-wide: vectors added later inherit "no HNSW".
                     hnsw_config=NO_HNSW,
                     quantization_config=quantization(spec.quantization),
@@ -192,6 +216,11 @@ class Collections:
             )
         return vectors
 
+    def _sparse_layout(self, name: str) -> dict[str, VectorLayout]:
+        info = self._conn.call(f"reading collection {name!r}", lambda c: c.get_collection(name))
+        sparse = info.config.params.sparse_vectors or {}
+        return {n: sparse_layout_of(params) for n, params in sparse.items()}
+
     def _pages(self, name: str) -> int:
         flt = to_filter(pages_where())
         result = self._conn.call(
@@ -201,10 +230,11 @@ class Collections:
         )
         return int(result.count)
 
-    def _open_existing(self, spec: CollectionSpec) -> CollectionSpec:
+    def _open_existing(self, spec: CollectionSpec, *, writing: bool = True) -> CollectionSpec:
         name = spec.name
         manifest = self.manifest(name)
         layout = {n: layout_of(params) for n, params in self._layout(name).items()}
+        layout.update(self._sparse_layout(name))
         recorded = spec_from_manifest(name, manifest) if manifest is not None else None
         where = self._conn.describe()
         refuse_mismatch(name, spec, recorded, layout, where=where, delete="this collection")
@@ -215,9 +245,14 @@ class Collections:
                 name, spec, layout, pages, where=where, delete="this collection"
             )
             self.write_manifest(recorded)
-        evolution = plan_evolution(name, spec, recorded, layout)
+        lanes = reconcile_lanes(
+            name, spec, recorded, lambda: self._pages(name), writing=writing, where=where
+        )
+        evolution = plan_evolution(name, spec, recorded, layout, lanes=lanes)
         if evolution.add:
             self._add_pooled_vectors(recorded, evolution.add)
+        if evolution.add_text:
+            self.add_text_vector(name)
         if evolution.quantization is not None:
             wanted = evolution.quantization
             self._conn.call(
@@ -235,7 +270,7 @@ class Collections:
         warn_vectors_added(name, missing, self._pages(name))
         config = added_vector(recorded)
         for vector_name in missing:
-            try:
+            with self._adding(name, vector_name, ", or search with --mode exact"):
                 self._conn.call(
                     f"adding vector {vector_name!r} to {name!r}",
                     lambda c, v=vector_name: c.create_vector_name(  # type: ignore[misc]
@@ -249,12 +284,18 @@ class Collections:
                         name, vectors_config={v: qm.VectorParamsDiff(hnsw_config=NO_HNSW)}
                     ),
                 )
-            except StoreUnavailableError:
-                raise
-            except StoreError as exc:  # 404 / UNIMPLEMENTED from a server older than 1.18
-                raise CollectionMismatchError(
-                    f"collection {name!r} in {self._conn.describe()} has no vector named "
-                    f"{vector_name!r} and Qdrant could not add it ({exc}). Adding named "
-                    "vectors needs Qdrant 1.18 or newer: upgrade the server, use another "
-                    "collection (store.collection), or search with --mode exact."
-                ) from None
+
+    @contextmanager
+    def _adding(self, name: str, vector_name: str, fix: str = "") -> Iterator[None]:
+        """Adding a named vector; a server that cannot (older than 1.18) is a mismatch."""
+        try:
+            yield
+        except StoreUnavailableError:
+            raise
+        except StoreError as exc:  # 404 / UNIMPLEMENTED from a server older than 1.18
+            raise CollectionMismatchError(
+                f"collection {name!r} in {self._conn.describe()} has no vector named "
+                f"{vector_name!r} and Qdrant could not add it ({exc}). Adding named "
+                "vectors needs Qdrant 1.18 or newer: upgrade the server, or use another "
+                f"collection (store.collection){fix}."
+            ) from None

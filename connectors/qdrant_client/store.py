@@ -18,14 +18,22 @@ from qdrant_client import models as qm
 
 from connectors.qdrant_client.collection import Collections
 from connectors.qdrant_client.connection import Connection
-from connectors.qdrant_client.translate import query_of, search_params, to_filter
+from connectors.qdrant_client.translate import query_of, search_params, sparse_vector, to_filter
 from pipeline.config import StoreConfig
 from pipeline.errors import StoreError
 from pipeline.retrieve.conditions import Where
 from pipeline.retrieve.points import Fields, PointStore, Row, image_bytes
-from pipeline.retrieve.queries import QueryRequest
+from pipeline.retrieve.queries import Nearest, QueryRequest, Stage
 from pipeline.retrieve.store import IMAGE_FIELD
-from pipeline.types import CollectionSpec, Float16Array, PagePoint, ScoredPage, StoreStats
+from pipeline.types import (
+    TEXT_VECTOR,
+    CollectionSpec,
+    Float16Array,
+    PagePoint,
+    ScoredPage,
+    SparseVector,
+    StoreStats,
+)
 
 __all__ = ["ClientPageStore"]
 
@@ -61,6 +69,7 @@ class ClientPageStore(PointStore):
         self._conn = Connection(config, client, retry_backoff_s=retry_backoff_s)
         self._collections = Collections(self._conn)
         self._spec: CollectionSpec | None = None
+        self._text_ready = False  # the text lane's sparse vector exists (add_text_vector)
         self._upsert_parallel = upsert_parallel
 
     @property
@@ -88,6 +97,7 @@ class ClientPageStore(PointStore):
         added (server 1.18+) and the quantization is switched.
         """
         self._spec = self._collections.open(spec, create=create)
+        self._text_ready = self._spec.has_text
 
     def spec(self) -> CollectionSpec | None:
         """The spec recorded in the collection's manifest point, or None if absent."""
@@ -124,8 +134,10 @@ class ClientPageStore(PointStore):
             return
         batches = self._batches(points)
 
+        text = self._text_ready or spec.has_text
+
         def send(batch: Sequence[PagePoint]) -> None:
-            structs = [_point_struct(p, spec) for p in batch]
+            structs = [_point_struct(p, spec, text=text) for p in batch]
             self._conn.call(
                 f"upserting {len(structs)} pages into {spec.name!r}",
                 lambda c: c.upsert(spec.name, points=structs, wait=True),
@@ -156,6 +168,7 @@ class ClientPageStore(PointStore):
         start, size = 0, 0
         for i, point in enumerate(points):
             floats = sum(int(v.size) for v in point.vectors.values())
+            floats += sum(2 * len(v) for v in point.sparse.values())
             image = point.payload.get(IMAGE_FIELD)
             cost = floats * per_float + (len(image) if isinstance(image, str) else 0) + 1024
             if i > start and (
@@ -214,6 +227,27 @@ class ClientPageStore(PointStore):
         """Delete named vectors no manifest entry uses, from every point; absent ones are
         skipped (safe to repeat)."""
         self._collections.drop_vectors(self._open_spec(), names)
+
+    def add_text_vector(self) -> None:
+        """Create the text lane's sparse vector (not yet in the manifest); safe to repeat."""
+        self._collections.add_text_vector(self._open_spec().name)
+        self._text_ready = True
+
+    def update_page_text(self, pages: Mapping[str, tuple[Mapping[str, Any], SparseVector]]) -> None:
+        """Set payload fields and the text vector per page (an empty vector removes it),
+        in one batch request per chunk of pages."""
+        name = self._open_spec().name
+        if not self._text_ready:
+            raise StoreError(f"collection {name!r} has no text lane vector: call add_text_vector()")
+        items = list(pages.items())
+        for start in range(0, len(items), _UPDATE_CHUNK):
+            chunk = items[start : start + _UPDATE_CHUNK]
+            operations = _text_operations(chunk)
+            self._conn.call(
+                f"storing the text of {len(chunk)} pages in {name!r}",
+                lambda c, ops=operations: c.batch_update_points(name, ops, wait=True),  # type: ignore[misc]
+                retry=True,
+            )
 
     def update_vectors(self, vectors: Mapping[str, Mapping[str, Float16Array]]) -> None:
         """Set named vectors of existing points; payloads and other vectors stay."""
@@ -328,43 +362,106 @@ class ClientPageStore(PointStore):
         self._collections.write_manifest(spec)
         self._spec = spec
 
-    def _query(self, request: QueryRequest) -> list[ScoredPage]:
+    def _query_batch(self, requests: Sequence[QueryRequest]) -> list[list[ScoredPage]]:
         spec = self._open_spec()
-        flt = to_filter(request.where)
         # Local mode has no quantization and warns on search params.
         params = None if self.is_local else search_params(spec.quantization)
-        stages = [
-            qm.Prefetch(query=query, using=using, limit=stage.limit, filter=flt, params=params)
-            for stage in request.prefetch
-            for query, using in [query_of(stage.query)]
-        ]
-        query, using = query_of(request.query)
-        response = self._conn.call(  # not retried: a person is waiting
-            f"searching {spec.name!r}",
-            lambda c: c.query_points(
-                spec.name,
-                query=query,
-                using=using,
-                prefetch=stages or None,
-                query_filter=flt,
-                search_params=params,
-                limit=request.limit,
-                with_payload=qm.PayloadSelectorExclude(exclude=[IMAGE_FIELD]),
-                with_vectors=False,
-            ),
-        )
+        queries = [_request(request, params) for request in requests]
+        if len(queries) == 1:
+            (one,) = queries
+            responses = [
+                self._conn.call(  # not retried: a person is waiting
+                    f"searching {spec.name!r}",
+                    lambda c: c.query_points(
+                        spec.name,
+                        query=one.query,
+                        using=one.using,
+                        prefetch=one.prefetch,
+                        query_filter=one.filter,
+                        search_params=one.params,
+                        limit=requests[0].limit,
+                        with_payload=qm.PayloadSelectorExclude(exclude=[IMAGE_FIELD]),
+                        with_vectors=False,
+                    ),
+                )
+            ]
+        else:
+            responses = self._conn.call(
+                f"searching {spec.name!r}",
+                lambda c: c.query_batch_points(spec.name, requests=queries),
+            )
         return [
-            ScoredPage(point_id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))
-            for p in response.points
+            [
+                ScoredPage(point_id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))
+                for p in response.points
+            ]
+            for response in responses
         ]
+
+
+def _request(request: QueryRequest, params: qm.SearchParams | None) -> qm.QueryRequest:
+    """One planned request; the filter on every stage, quantization params on dense ones."""
+    flt = to_filter(request.where)
+
+    def prefetch(stage: Stage) -> qm.Prefetch:
+        query, using = query_of(stage.query)
+        return qm.Prefetch(
+            query=query,
+            using=using,
+            limit=stage.limit,
+            prefetch=[prefetch(inner) for inner in stage.prefetch] or None,
+            filter=flt,
+            params=params if isinstance(stage.query, Nearest) else None,
+        )
+
+    query, using = query_of(request.query)
+    return qm.QueryRequest(
+        query=query,
+        using=using,
+        prefetch=[prefetch(stage) for stage in request.prefetch] or None,
+        filter=flt,
+        params=params if isinstance(request.query, Nearest) else None,
+        limit=request.limit,
+        with_payload=qm.PayloadSelectorExclude(exclude=[IMAGE_FIELD]) if request.payload else False,
+        with_vector=False,
+    )
+
+
+def _text_operations(
+    pages: Sequence[tuple[str, tuple[Mapping[str, Any], SparseVector]]],
+) -> list[qm.UpdateOperation]:
+    """Payload fields and the text vector of each page, as one batch of update operations."""
+    operations: list[qm.UpdateOperation] = [
+        qm.SetPayloadOperation(set_payload=qm.SetPayload(payload=dict(fields), points=[point_id]))
+        for point_id, (fields, _) in pages
+    ]
+    filled = [
+        qm.PointVectors(id=point_id, vector={TEXT_VECTOR: sparse_vector(vector)})
+        for point_id, (_, vector) in pages
+        if len(vector)
+    ]
+    if filled:
+        operations.append(qm.UpdateVectorsOperation(update_vectors=qm.UpdateVectors(points=filled)))
+    empty: list[Any] = [point_id for point_id, (_, vector) in pages if not len(vector)]
+    if empty:
+        operations.append(
+            qm.DeleteVectorsOperation(
+                delete_vectors=qm.DeleteVectors(points=empty, vector=[TEXT_VECTOR])
+            )
+        )
+    return operations
 
 
 def _with_payload(fields: Fields) -> bool | list[str]:
     return fields if isinstance(fields, bool) else list(fields)
 
 
-def _point_struct(point: PagePoint, spec: CollectionSpec) -> qm.PointStruct:
-    """A page as qdrant-client's point; refuses vectors the collection cannot take."""
+def _point_struct(point: PagePoint, spec: CollectionSpec, *, text: bool) -> qm.PointStruct:
+    """A page as qdrant-client's point; refuses vectors the collection cannot take.
+
+    The visual vectors may be absent only on a collection without the visual lane;
+    ``text``: whether the collection has the text lane's sparse vector. An empty
+    sparse vector is not stored."""
     vectors: dict[str, Any] = {}
     for vector_name, array in point.vectors.items():
         if array.ndim != 2 or array.shape[1] != spec.dim or array.shape[0] == 0:
@@ -375,12 +472,14 @@ def _point_struct(point: PagePoint, spec: CollectionSpec) -> qm.PointStruct:
         # A float16 array's tolist() yields Python floats exactly; pydantic
         # validates plain lists far faster than numpy arrays.
         vectors[vector_name] = array.tolist()
-    if spec.full_vector not in vectors:
+    if spec.full_vector not in vectors and (vectors or spec.has_visual):
         raise ValueError(f"point {point.point_id} has no {spec.full_vector!r} vector")
-    unknown = set(vectors) - {spec.full_vector, *spec.pooled}
+    known = [spec.full_vector, *spec.pooled, *([TEXT_VECTOR] if text else [])]
+    unknown = (set(vectors) | set(point.sparse)) - set(known)
     if unknown:
         raise ValueError(
             f"point {point.point_id} has vectors {sorted(unknown)} that collection "
-            f"{spec.name!r} does not define (it has {[spec.full_vector, *spec.pooled]})"
+            f"{spec.name!r} does not define (it has {known})"
         )
+    vectors.update({n: sparse_vector(v) for n, v in point.sparse.items() if len(v)})
     return qm.PointStruct(id=point.point_id, vector=vectors, payload=dict(point.payload))

@@ -14,19 +14,24 @@ from typing import Any
 from qdrant_client import models as qm
 
 from pipeline.retrieve.conditions import Condition as NeutralCondition
-from pipeline.retrieve.conditions import HasVector, Match, MatchAny, Where, pages_where
+from pipeline.retrieve.conditions import HasVector, IsEmpty, Match, MatchAny, Where, pages_where
+from pipeline.retrieve.fusion import Fuse
 from pipeline.retrieve.opening import Role, VectorLayout
-from pipeline.retrieve.queries import OVERSAMPLING, QueryKind
-from pipeline.types import CollectionSpec, PageFilter
+from pipeline.retrieve.queries import OVERSAMPLING, QueryKind, SparseNearest
+from pipeline.types import CollectionSpec, PageFilter, SparseVector
 
 __all__ = [
     "NO_HNSW",
+    "added_sparse_vector",
     "added_vector",
     "layout_of",
     "page_filter",
     "quantization",
     "query_of",
     "search_params",
+    "sparse_layout_of",
+    "sparse_params",
+    "sparse_vector",
     "to_filter",
     "vector_params",
 ]
@@ -61,12 +66,33 @@ def _condition(condition: NeutralCondition) -> qm.Condition:
         return qm.FieldCondition(key=condition.key, match=qm.MatchAny(any=values))
     if isinstance(condition, HasVector):
         return qm.HasVectorCondition(has_vector=condition.name)
+    if isinstance(condition, IsEmpty):
+        return qm.IsEmptyCondition(is_empty=qm.PayloadField(key=condition.key))
     return to_filter(condition)
 
 
 def page_filter(flt: PageFilter | None) -> qm.Filter:
     """A ``PageFilter`` as a Qdrant filter, always restricted to page points."""
     return to_filter(pages_where(flt))
+
+
+def sparse_params() -> qm.SparseVectorParams:
+    """The text lane's sparse vector of a new collection: IDF computed by Qdrant."""
+    return qm.SparseVectorParams(modifier=qm.Modifier.IDF)
+
+
+def added_sparse_vector() -> qm.SparseVectorNameConfig:
+    """The text lane's sparse vector added to an existing collection (``create_vector_name``)."""
+    return qm.SparseVectorNameConfig(sparse=qm.SparseVectorConfig(modifier=qm.Modifier.IDF))
+
+
+def sparse_layout_of(params: qm.SparseVectorParams) -> VectorLayout:
+    modifier = params.modifier.value if params.modifier is not None else None
+    return VectorLayout(None, None, None, sparse=True, modifier=modifier)
+
+
+def sparse_vector(vector: SparseVector) -> qm.SparseVector:
+    return qm.SparseVector(indices=vector.indices.tolist(), values=vector.values.tolist())
 
 
 def vector_params(spec: CollectionSpec, role: Role) -> qm.VectorParams:
@@ -125,8 +151,14 @@ def search_params(kind: str) -> qm.SearchParams | None:
     )
 
 
-def query_of(query: QueryKind) -> tuple[list[list[float]], str]:
+def query_of(query: QueryKind) -> tuple[Any, str | None]:
     """A query kind as ``query_points``/``Prefetch`` arguments: (query, using)."""
+    if isinstance(query, Fuse):
+        if query.method == "dbsf":
+            return qm.FusionQuery(fusion=qm.Fusion.DBSF), None
+        return qm.RrfQuery(rrf=qm.Rrf(k=query.k, weights=list(query.weights))), None
+    if isinstance(query, SparseNearest):
+        return sparse_vector(query.vector), query.using
     # A float16 array's tolist() yields Python floats exactly; pydantic
     # validates plain lists far faster than numpy arrays.
     return query.vectors.tolist(), query.using

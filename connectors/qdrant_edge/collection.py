@@ -22,9 +22,12 @@ from filelock import FileLock, Timeout
 from connectors.qdrant_edge.translate import (
     DATATYPES,
     NO_HNSW,
+    create_sparse_vector,
     create_vector,
     layout_of,
     quantization_config,
+    sparse_layout_of,
+    sparse_params,
     to_filter,
     vector_params,
 )
@@ -39,6 +42,7 @@ from pipeline.retrieve.opening import (
     VectorLayout,
     adopt_unmanifested,
     plan_evolution,
+    reconcile_lanes,
     refuse_mismatch,
     spec_layout,
     vector_roles,
@@ -51,7 +55,7 @@ from pipeline.retrieve.store import (
     manifest_payload,
     spec_from_manifest,
 )
-from pipeline.types import CollectionSpec
+from pipeline.types import TEXT_VECTOR, CollectionSpec
 
 __all__ = ["ENGINE", "ShardDirectory"]
 
@@ -102,7 +106,7 @@ class ShardDirectory:
         file_lock = self.acquire()
         try:
             if self.exists():
-                shard, recorded, requantized = self.open_existing(spec)
+                shard, recorded, requantized = self.open_existing(spec, writing=create)
             elif create:
                 (shard, recorded), requantized = self.create(spec), False
             else:
@@ -203,13 +207,20 @@ class ShardDirectory:
             raise
         return shard, recorded
 
-    def open_existing(self, spec: CollectionSpec) -> tuple[qe.EdgeShard, CollectionSpec, bool]:
+    def open_existing(
+        self, spec: CollectionSpec, *, writing: bool = True
+    ) -> tuple[qe.EdgeShard, CollectionSpec, bool]:
         """Load, validate and evolve the shard: (shard, recorded spec, whether re-quantized).
 
         A quantization change reloads the shard with the new config; the
-        next ``optimize()`` rebuilds the quantized copies.
+        next ``optimize()`` rebuilds the quantized copies. ``writing``: an
+        opening for ingest, whose wanted lanes must match (or, empty, are adopted).
         """
         shard = self.load()
+
+        def pages() -> int:
+            return shard.count(qe.CountRequest(exact=True, filter=to_filter(pages_where())))
+
         try:
             manifest = self.read_manifest(shard)
             recorded = spec_from_manifest(self.collection, manifest) if manifest else None
@@ -218,21 +229,25 @@ class ShardDirectory:
             refuse_mismatch(name, spec, recorded, layout, where=where, delete=delete)
             if recorded is None:
                 # Created, then interrupted before the manifest was written.
-                pages = shard.count(qe.CountRequest(exact=True, filter=to_filter(pages_where())))
-                recorded = adopt_unmanifested(name, spec, layout, pages, where=where, delete=delete)
+                recorded = adopt_unmanifested(
+                    name, spec, layout, pages(), where=where, delete=delete
+                )
                 self.write_manifest(shard, recorded)
-            evolution = plan_evolution(name, spec, recorded, layout)
+            lanes = reconcile_lanes(name, spec, recorded, pages, writing=writing, where=where)
+            evolution = plan_evolution(name, spec, recorded, layout, lanes=lanes)
             if evolution.add:
-                pages = shard.count(qe.CountRequest(exact=True, filter=to_filter(pages_where())))
-                warn_vectors_added(name, evolution.add, pages)
+                warn_vectors_added(name, evolution.add, pages())
                 for vector_name in evolution.add:
                     shard.update(create_vector(vector_name, recorded))
+            if evolution.add_text:
+                shard.update(create_sparse_vector(TEXT_VECTOR))
             if evolution.quantization is not None:
                 # Only a config passed to load() changes quantization; it must
                 # restate every vector, or per-vector settings are dropped.
+                text = evolution.spec.has_text or TEXT_VECTOR in layout
                 shard.flush()
                 shard.close()
-                shard = self.load(self._edge_config(evolution.spec))
+                shard = self.load(self._edge_config(evolution.spec, text=text))
             self._ensure_indexes(shard)
             if evolution.changed:
                 self.write_manifest(shard, evolution.spec)
@@ -256,6 +271,11 @@ class ShardDirectory:
                     raise StoreError(
                         f"qdrant-edge could not add vector {name!r} in {self.shard_dir}: {exc}"
                     ) from exc
+
+    def add_text_vector(self, shard: qe.EdgeShard) -> None:
+        """Create the text lane's sparse vector unless the shard has it."""
+        if TEXT_VECTOR not in (self._read_layout() or {}):
+            shard.update(create_sparse_vector(TEXT_VECTOR))
 
     def drop_vectors(self, shard: qe.EdgeShard, spec: CollectionSpec, names: Sequence[str]) -> None:
         """Delete named vectors the manifest does not use, from every point (absent: skipped)."""
@@ -281,14 +301,20 @@ class ShardDirectory:
     def _read_layout(self) -> dict[str, VectorLayout] | None:
         """Vector params as the engine persisted them, or None if unreadable."""
         try:
-            text = (self.shard_dir / "edge_config.json").read_text(encoding="utf-8")
-            vectors = json.loads(text)["vectors"]
-            return {name: layout_of(params) for name, params in vectors.items()}
+            config = json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+            layout = {name: layout_of(params) for name, params in config["vectors"].items()}
+            for name, params in (config.get("sparse_vectors") or {}).items():
+                layout[name] = sparse_layout_of(params)
+            return layout
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def _edge_config(self, spec: CollectionSpec) -> qe.EdgeConfig:
-        vectors = {name: vector_params(spec, role) for name, role in vector_roles(spec).items()}
+    def _edge_config(self, spec: CollectionSpec, *, text: bool | None = None) -> qe.EdgeConfig:
+        """The shard's config for ``spec``; ``text`` whether it declares the text lane's
+        sparse vector (default: when ``spec`` has the text lane)."""
+        roles = vector_roles(spec).items()
+        vectors = {name: vector_params(spec, role) for name, role in roles if role != "sparse"}
+        with_text = spec.has_text if text is None else text
         optimizers = (
             qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb)
             if self._indexing_threshold_kb is not None
@@ -296,6 +322,7 @@ class ShardDirectory:
         )
         return qe.EdgeConfig(
             vectors=vectors,
+            sparse_vectors={TEXT_VECTOR: sparse_params()} if with_text else None,
             hnsw_config=NO_HNSW,
             quantization_config=quantization_config(spec.quantization),
             optimizers=optimizers,

@@ -21,13 +21,27 @@ import qdrant_edge as qe
 from filelock import FileLock
 
 from connectors.qdrant_edge.collection import ENGINE, ShardDirectory
-from connectors.qdrant_edge.translate import named_arrays, query_of, search_params, to_filter
+from connectors.qdrant_edge.translate import (
+    named_arrays,
+    query_of,
+    search_params,
+    sparse_vector,
+    to_filter,
+)
 from pipeline.errors import QueryError, StoreError
 from pipeline.retrieve.conditions import Where
 from pipeline.retrieve.points import Fields, PointStore, Row, image_bytes
-from pipeline.retrieve.queries import QueryRequest
+from pipeline.retrieve.queries import Nearest, QueryRequest, Stage
 from pipeline.retrieve.store import IMAGE_FIELD
-from pipeline.types import CollectionSpec, Float16Array, PagePoint, ScoredPage, StoreStats
+from pipeline.types import (
+    TEXT_VECTOR,
+    CollectionSpec,
+    Float16Array,
+    PagePoint,
+    ScoredPage,
+    SparseVector,
+    StoreStats,
+)
 
 __all__ = ["EdgePageStore"]
 
@@ -72,6 +86,7 @@ class EdgePageStore(PointStore):
         self._file_lock: FileLock | None = None
         self._spec: CollectionSpec | None = None  # as recorded in the manifest
         self._vector_names: frozenset[str] = frozenset()
+        self._sparse_names: frozenset[str] = frozenset()  # the text lane's, once it exists
         self._dirty = False  # written since the last optimize()
 
     @property
@@ -104,6 +119,7 @@ class EdgePageStore(PointStore):
             shard, file_lock, recorded, self._dirty = self._files.open(spec, create=create)
             self._shard, self._file_lock, self._spec = shard, file_lock, recorded
             self._vector_names = frozenset((recorded.full_vector, *recorded.pooled))
+            self._sparse_names = frozenset({TEXT_VECTOR} if recorded.has_text else ())
 
     def close(self) -> None:
         """Optimize if needed, close the shard and release the directory lock.
@@ -168,14 +184,20 @@ class EdgePageStore(PointStore):
             return
         self._open_spec()
         unknown = {name for p in points for name in p.vectors} - self._vector_names
+        unknown |= {name for p in points for name in p.sparse} - self._sparse_names
         if unknown:
+            known = sorted(self._vector_names | self._sparse_names)
             raise StoreError(
                 f"collection {self._collection!r} in {self._path} has no vectors named "
-                f"{sorted(unknown)} (it has {sorted(self._vector_names)}); open it with a spec "
-                "whose pooled vectors include them"
+                f"{sorted(unknown)} (it has {known}); open it with a spec whose pooled vectors "
+                "and lanes include them"
             )
         edge_points = [
-            qe.Point(id=p.point_id, vector=named_arrays(p.vectors), payload=dict(p.payload))
+            qe.Point(
+                id=p.point_id,
+                vector={**named_arrays(p.vectors), **_sparse_named(p.sparse)},
+                payload=dict(p.payload),
+            )
             for p in points
         ]
         self._update("storing pages", qe.UpdateOperation.upsert_points(edge_points))
@@ -230,6 +252,44 @@ class EdgePageStore(PointStore):
             self._files.drop_vectors(shard, spec, names)
             self._vector_names = self._vector_names - set(names)
             self._dirty = True
+
+    def add_text_vector(self) -> None:
+        """Create the text lane's sparse vector (not yet in the manifest); safe to repeat."""
+        with self._lock:
+            shard, _ = self._opened()
+            try:
+                self._files.add_text_vector(shard)
+            except Exception as exc:
+                raise StoreError(
+                    f"qdrant-edge could not add the text lane in {self.shard_dir}: {exc}"
+                ) from exc
+            self._sparse_names = self._sparse_names | {TEXT_VECTOR}
+            self._dirty = True
+
+    def update_page_text(self, pages: Mapping[str, tuple[Mapping[str, Any], SparseVector]]) -> None:
+        """Set payload fields and the text vector per page (an empty vector removes it)."""
+        if TEXT_VECTOR not in self._sparse_names:
+            self._open_spec()
+            raise StoreError(
+                f"collection {self._collection!r} has no text lane vector: call add_text_vector()"
+            )
+        operations = [
+            qe.UpdateOperation.set_payload([point_id], dict(fields))
+            for point_id, (fields, _) in pages.items()
+        ]
+        filled = [
+            qe.PointVectors(id=point_id, vector=_sparse_named({TEXT_VECTOR: vector}))
+            for point_id, (_, vector) in pages.items()
+            if len(vector)
+        ]
+        if filled:
+            operations.append(qe.UpdateOperation.update_vectors(filled))
+        empty: list[Any] = [point_id for point_id, (_, vector) in pages.items() if not len(vector)]
+        if empty:
+            operations.append(qe.UpdateOperation.delete_vectors(empty, [TEXT_VECTOR]))
+        with self._lock:
+            for operation in operations:
+                self._update("storing page text", operation)
 
     def update_vectors(self, vectors: Mapping[str, Mapping[str, Float16Array]]) -> None:
         """Set named vectors of existing points; payloads and other vectors stay."""
@@ -297,31 +357,48 @@ class EdgePageStore(PointStore):
             self._files.write_manifest(shard, spec)
             self._spec = spec
 
-    def _query(self, request: QueryRequest) -> list[ScoredPage]:
-        flt = to_filter(request.where)
+    def _query_batch(self, requests: Sequence[QueryRequest]) -> list[list[ScoredPage]]:
         params = search_params(self._open_spec().quantization, self._oversampling)
-        prefetches = [
-            qe.Prefetch(limit=stage.limit, query=query_of(stage.query), filter=flt, params=params)
-            for stage in request.prefetch
+        queries = [self._request(request, params) for request in requests]
+        if len(queries) == 1:
+            batches = [self._call("searching", qe.EdgeShard.query, queries[0])]
+        else:
+            batch = qe.QueryBatchRequest(queries)
+            batches = self._call("searching", qe.EdgeShard.query_batch, batch)
+        return [
+            [
+                ScoredPage(
+                    point_id=str(hit.id),
+                    score=float(hit.score),
+                    payload={k: v for k, v in (hit.payload or {}).items() if k != IMAGE_FIELD},
+                )
+                for hit in hits
+            ]
+            for hits in batches
         ]
-        query = qe.QueryRequest(
+
+    def _request(self, request: QueryRequest, params: qe.SearchParams | None) -> qe.QueryRequest:
+        """One planned request; the filter on every stage, quantization params on dense ones."""
+        flt = to_filter(request.where)
+
+        def prefetch(stage: Stage) -> qe.Prefetch:
+            return qe.Prefetch(
+                limit=stage.limit,
+                query=query_of(stage.query),
+                prefetches=[prefetch(inner) for inner in stage.prefetch] or None,
+                filter=flt,
+                params=params if isinstance(stage.query, Nearest) else None,
+            )
+
+        return qe.QueryRequest(
             limit=request.limit,
             query=query_of(request.query),
-            prefetches=prefetches or None,
+            prefetches=[prefetch(stage) for stage in request.prefetch] or None,
             filter=flt,
-            params=params,
-            with_payload=qe.PayloadSelector.Exclude([IMAGE_FIELD]),
+            params=params if isinstance(request.query, Nearest) else None,
+            with_payload=qe.PayloadSelector.Exclude([IMAGE_FIELD]) if request.payload else False,
             with_vector=False,
         )
-        hits = self._call("searching", qe.EdgeShard.query, query)
-        return [
-            ScoredPage(
-                point_id=str(hit.id),
-                score=float(hit.score),
-                payload={k: v for k, v in (hit.payload or {}).items() if k != IMAGE_FIELD},
-            )
-            for hit in hits
-        ]
 
     # ------------------------------------------------------- call internals
 
@@ -359,6 +436,11 @@ class EdgePageStore(PointStore):
         with self._lock:
             self._update(action, operation)
             self.flush()
+
+
+def _sparse_named(vectors: Mapping[str, SparseVector]) -> dict[str, Any]:
+    """The non-empty sparse vectors by name (an empty one is not stored)."""
+    return {name: sparse_vector(vec) for name, vec in vectors.items() if len(vec)}
 
 
 def _selector(fields: Fields) -> bool | qe.PayloadSelector:

@@ -17,20 +17,25 @@ import qdrant_edge as qe
 
 from pipeline.errors import StoreError
 from pipeline.retrieve.conditions import Condition as NeutralCondition
-from pipeline.retrieve.conditions import HasVector, Match, MatchAny, Where
+from pipeline.retrieve.conditions import HasVector, IsEmpty, Match, MatchAny, Where
+from pipeline.retrieve.fusion import Fuse
 from pipeline.retrieve.opening import Role, VectorLayout
-from pipeline.retrieve.queries import OVERSAMPLING, QueryKind
-from pipeline.types import CollectionSpec, Float16Array
+from pipeline.retrieve.queries import OVERSAMPLING, QueryKind, SparseNearest
+from pipeline.types import CollectionSpec, Float16Array, SparseVector
 
 __all__ = [
     "DATATYPES",
     "NO_HNSW",
+    "create_sparse_vector",
     "create_vector",
     "layout_of",
     "named_arrays",
     "quantization_config",
     "query_of",
     "search_params",
+    "sparse_layout_of",
+    "sparse_params",
+    "sparse_vector",
     "to_filter",
     "vector_params",
 ]
@@ -64,6 +69,8 @@ def _condition(condition: NeutralCondition) -> Any:
         return qe.FieldCondition(key=condition.key, match=qe.MatchAny(values))
     if isinstance(condition, HasVector):
         return qe.HasVectorCondition(condition.name)
+    if isinstance(condition, IsEmpty):
+        return qe.IsEmptyCondition(condition.key)
     return to_filter(condition)
 
 
@@ -72,7 +79,8 @@ def _max_sim() -> qe.MultiVectorConfig:
 
 
 def vector_params(spec: CollectionSpec, role: Role) -> qe.EdgeVectorParams:
-    """A vector of the shard's config; every role follows ``store.on_disk``."""
+    """A multivector of the shard's config (``role`` full or pooled); every role follows
+    ``store.on_disk``."""
     return qe.EdgeVectorParams(
         size=spec.dim,
         distance=qe.Distance.Dot,
@@ -88,6 +96,28 @@ def create_vector(name: str, spec: CollectionSpec) -> qe.UpdateOperation:
     return qe.UpdateOperation.create_dense_vector(
         name, spec.dim, qe.Distance.Dot, _max_sim(), DATATYPES[spec.datatype]
     )
+
+
+def sparse_params() -> qe.EdgeSparseVectorParams:
+    """The text lane's sparse vector: BM25 term weights, IDF computed by the engine."""
+    return qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+
+
+def create_sparse_vector(name: str) -> qe.UpdateOperation:
+    """Add the text lane's sparse vector to a live shard."""
+    return qe.UpdateOperation.create_sparse_vector(name, qe.Modifier.Idf)
+
+
+def sparse_layout_of(params: Mapping[str, Any]) -> VectorLayout:
+    """A sparse vector's entry in the shard's ``edge_config.json``."""
+    modifier = params.get("modifier")
+    return VectorLayout(
+        None, None, None, sparse=True, modifier=str(modifier).lower() if modifier else None
+    )
+
+
+def sparse_vector(vector: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(vector.indices.tolist(), vector.values.tolist())
 
 
 def layout_of(params: Mapping[str, Any]) -> VectorLayout:
@@ -128,7 +158,14 @@ def search_params(quantization: str, oversampling: float | None) -> qe.SearchPar
     )
 
 
-def query_of(query: QueryKind) -> qe.Query:
+def query_of(query: QueryKind) -> Any:
+    """A query kind as the engine's scoring query (``qe.Query`` or ``qe.Fusion``)."""
+    if isinstance(query, Fuse):
+        if query.method == "dbsf":
+            return qe.Fusion.Dbsf()
+        return qe.Fusion.Rrf(k=query.k, weights=list(query.weights))
+    if isinstance(query, SparseNearest):
+        return qe.Query.Nearest(sparse_vector(query.vector), using=query.using)
     vectors = query.vectors
     if vectors.dtype not in (np.float16, np.float32):
         vectors = vectors.astype(np.float32)

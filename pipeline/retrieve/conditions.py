@@ -12,6 +12,7 @@ recursive function. Every condition here exists in both engines:
   array field (``source_dirs``) any element may equal it;
 * :class:`MatchAny` — the field equals one of several values;
 * :class:`HasVector` — the point has the named vector;
+* :class:`IsEmpty` — the payload field is missing, null or an empty list;
 * :class:`Where` — ``must`` (all), ``should`` (at least one, when given) and
   ``must_not`` (none), nestable.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "INDEXED_FIELDS",
     "Condition",
     "HasVector",
+    "IsEmpty",
     "Match",
     "MatchAny",
     "Where",
@@ -39,6 +41,7 @@ __all__ = [
     "of_document",
     "of_kind",
     "pages_where",
+    "pages_without_field",
     "stale_pages",
 ]
 
@@ -67,13 +70,18 @@ class HasVector:
 
 
 @dataclass(frozen=True)
+class IsEmpty:
+    key: str
+
+
+@dataclass(frozen=True)
 class Where:
     must: tuple[Condition, ...] = ()
     should: tuple[Condition, ...] = ()
     must_not: tuple[Condition, ...] = ()
 
 
-Condition = Match | MatchAny | HasVector | Where
+Condition = Match | MatchAny | HasVector | IsEmpty | Where
 
 
 def of_kind(kind: str) -> Match:
@@ -138,6 +146,11 @@ def missing_vectors(names: Sequence[str]) -> Where:
         must=(of_kind(KIND_PAGE),),
         should=tuple(Where(must_not=(HasVector(name),)) for name in names),
     )
+
+
+def pages_without_field(key: str) -> Where:
+    """Pages whose payload lacks ``key`` (missing or null; "" counts as present)."""
+    return Where(must=(of_kind(KIND_PAGE), IsEmpty(key)))
 
 
 def _at(source: str) -> Where:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Fuse", "rrf_contribution"]
+__all__ = ["Fuse", "rrf_contribution", "rrf_rank"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,17 @@ class Fuse:
 def rrf_contribution(rank: int, weight: float, k: int) -> float:
     """What one stage adds to a page's RRF score for finding it at 1-based ``rank``."""
     return 1.0 / (rank / weight + k - 1.0)
+
+
+def rrf_rank(contribution: float, weight: float, k: int, *, tolerance: float = 1e-7) -> int | None:
+    """The 1-based rank at which a stage contributed ``contribution`` to a page's RRF
+    score (the inverse of :func:`rrf_contribution`, rounded), or None when the
+    contribution is ~0 (``tolerance``): the stage did not find the page.
+
+    Exact while the engine's score precision separates neighbouring ranks: float32
+    scores (the embedded engine) resolve ranks to about 1e-4 at rank 100 and 0.2 at
+    rank 10 000 (k=60, weight 1).
+    """
+    if contribution <= tolerance:
+        return None
+    return max(1, round(weight * (1.0 / contribution - k + 1.0)))

@@ -30,14 +30,23 @@ from pipeline.retrieve.conditions import (
     missing_vectors,
     of_document,
     pages_where,
+    pages_without_field,
     stale_pages,
 )
+from pipeline.retrieve.fusion import Fuse, rrf_contribution, rrf_rank
 from pipeline.retrieve.opening import with_pooled
-from pipeline.retrieve.queries import QueryRequest, plan_query
+from pipeline.retrieve.queries import (
+    HybridRequest,
+    QueryRequest,
+    plan_hybrid,
+    plan_query,
+    plan_text,
+)
 from pipeline.retrieve.store import (
     IMAGE_FIELD,
     KIND_DOCUMENT,
     KIND_PAGE,
+    ordered_lanes,
     record_from_payload,
     record_to_payload,
 )
@@ -45,8 +54,11 @@ from pipeline.types import (
     CollectionSpec,
     DocumentRecord,
     Float16Array,
+    Lane,
+    ModelIdentity,
     PageFilter,
     ScoredPage,
+    SparseVector,
     document_point_id,
 )
 
@@ -106,8 +118,8 @@ class PointStore(ABC):
         """Write ``spec`` as the collection's manifest; it is the open spec from now on."""
 
     @abstractmethod
-    def _query(self, request: QueryRequest) -> list[ScoredPage]:
-        """Run a planned search (payloads without the page image)."""
+    def _query_batch(self, requests: Sequence[QueryRequest]) -> list[list[ScoredPage]]:
+        """Run planned searches as one engine batch (payloads without the page image)."""
 
     def _exclusive(self) -> AbstractContextManager[Any]:
         """Held around a count and the write it reports on (engines without a lock: none)."""
@@ -201,6 +213,54 @@ class PointStore(ABC):
         )
         return self._query(request)
 
+    def search_text(
+        self, query: SparseVector, *, k: int, filter: PageFilter | None = None
+    ) -> list[ScoredPage]:
+        """Top-``k`` pages by BM25 (see :func:`~pipeline.retrieve.queries.plan_text`)."""
+        request = plan_text(self._open_spec(), query, k=k, filter=filter)
+        if not len(query):
+            return []
+        return _ranked(self._query(request), "text")
+
+    def search_hybrid(
+        self,
+        visual: Float16Array,
+        text: SparseVector,
+        *,
+        k: int,
+        fusion: Fuse,
+        lane_k: int,
+        filter: PageFilter | None = None,
+        prefetch: Sequence[tuple[str, int]] = (),
+    ) -> list[ScoredPage]:
+        """Both lanes fused in one engine query, the lanes alone beside it in one batch.
+
+        Lane ranks: the text lane's from its own pass (a sparse search, cheap);
+        the visual lane's, under RRF, from each fused score minus the text
+        contribution (:func:`~pipeline.retrieve.fusion.rrf_rank`), under DBSF from
+        a visual pass of its own (DBSF costs one more visual search).
+        """
+        spec = self._open_spec()
+        request = plan_hybrid(
+            spec,
+            self._searchable(),
+            visual,
+            text,
+            k=k,
+            fusion=fusion,
+            lane_k=lane_k,
+            filter=filter,
+            prefetch=prefetch,
+        )
+        results = self._query_batch(request.batch)
+        if request.fusion is None:  # no text terms: the visual lane alone
+            return _ranked(results[0], "visual")
+        return _with_lanes(request, results)
+
+    def _query(self, request: QueryRequest) -> list[ScoredPage]:
+        """Run one planned search."""
+        return self._query_batch([request])[0]
+
     def iter_page_ids(self, *, batch: int = 256) -> Iterator[list[str]]:
         """Page ids in scroll order, ``batch`` at a time (no engine lock held across yields)."""
         if batch < 1:
@@ -234,6 +294,35 @@ class PointStore(ABC):
                 self._record(updated)
             return updated
 
+    def count_pages_without_field(self, key: str) -> int:
+        """Pages whose payload lacks ``key`` (missing or null)."""
+        return self._count(pages_without_field(key))
+
+    def page_ids_without_field(self, key: str, *, batch: int = 256) -> Iterator[list[str]]:
+        """Ids of the pages whose payload lacks ``key``, ``batch`` at a time."""
+        for rows in self._scroll(pages_without_field(key), limit=batch, fields=False):
+            yield [point_id for point_id, _ in rows]
+
+    def record_lanes(
+        self,
+        lanes: Sequence[Lane],
+        *,
+        text_language: str | None = None,
+        identity: ModelIdentity | None = None,
+    ) -> CollectionSpec:
+        """Make ``lanes`` the manifest's (after a reindex filled a lane); ``identity``, when
+        given, becomes the weights (and model) of the visual vectors."""
+        with self._exclusive():
+            spec = self._open_spec()
+            updated = replace(spec, lanes=ordered_lanes(lanes))
+            if text_language is not None:
+                updated = replace(updated, text_language=text_language)
+            if identity is not None:
+                updated = replace(updated, model=identity.name, identity=identity)
+            if updated != spec:
+                self._record(updated)
+            return updated
+
     def page_payloads(
         self, point_ids: Iterable[str], fields: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
@@ -259,6 +348,38 @@ class PointStore(ABC):
         """(completed documents, pages), counted together."""
         with self._exclusive():
             return self._count(documents_at()), self._count(pages_where())
+
+
+def _ranked(pages: list[ScoredPage], lane: Lane) -> list[ScoredPage]:
+    """``pages`` of one lane, each with its 1-based rank in it."""
+    return [replace(page, lanes={lane: rank}) for rank, page in enumerate(pages, 1)]
+
+
+def _with_lanes(request: HybridRequest, results: list[list[ScoredPage]]) -> list[ScoredPage]:
+    """The fused pages, each with its rank in every lane that found it."""
+    fused, text = results[0], results[1]
+    text_ranks = {page.point_id: rank for rank, page in enumerate(text, 1)}
+    fusion = request.fusion
+    assert fusion is not None  # planned with a text query
+    if request.visual is not None:
+        visual_ranks = {page.point_id: rank for rank, page in enumerate(results[2], 1)}
+    else:
+        visual_ranks = {}
+        for page in fused:
+            rank = text_ranks.get(page.point_id)
+            text_part = rrf_contribution(rank, fusion.weights[1], fusion.k) if rank else 0.0
+            found = rrf_rank(page.score - text_part, fusion.weights[0], fusion.k)
+            if found is not None:
+                visual_ranks[page.point_id] = found
+    out = []
+    for page in fused:
+        lanes: dict[str, int] = {}
+        if page.point_id in visual_ranks:
+            lanes["visual"] = visual_ranks[page.point_id]
+        if page.point_id in text_ranks:
+            lanes["text"] = text_ranks[page.point_id]
+        out.append(replace(page, lanes=lanes))
+    return out
 
 
 def image_bytes(payload: Mapping[str, Any] | None, point_id: str, collection: str) -> bytes | None:

@@ -37,9 +37,12 @@ from pipeline.errors import StoreError
 from pipeline.models import ModelSpec
 from pipeline.retrieve.fusion import Fuse
 from pipeline.types import (
+    LANES,
+    VISUAL,
     CollectionSpec,
     DocumentRecord,
     Float16Array,
+    Lane,
     ModelIdentity,
     PageFilter,
     PagePoint,
@@ -61,6 +64,7 @@ __all__ = [
     "adopt_identity",
     "check_manifest_version",
     "manifest_payload",
+    "ordered_lanes",
     "paths_payload",
     "record_from_payload",
     "record_to_payload",
@@ -82,15 +86,19 @@ IMAGE_FIELD = "image_jpeg_b64"
 COLLECTION_POINT_ID = "00000000-0000-5000-8000-00000000c011"
 
 
-# Bumped when the stored layout changes in a way older pagerag cannot read.
-MANIFEST_SCHEMA_VERSION = 1
+# Bumped when the stored layout changes in a way older pagerag cannot read: the
+# newest schema this pagerag reads. 2: a collection with a text lane, or without the
+# visual lane (an older pagerag would misread it as visual-only); visual-only
+# collections are still written as 1, so older pagerag keeps reading them.
+MANIFEST_SCHEMA_VERSION = 2
+_VISUAL_ONLY_SCHEMA = 1
 
 
 def manifest_payload(spec: CollectionSpec, *, engine: str) -> dict[str, Any]:
     """The payload of the collection point: what every adapter records and checks on open."""
     return {
         "kind": KIND_COLLECTION,
-        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "schema_version": _VISUAL_ONLY_SCHEMA if spec.lanes == VISUAL else MANIFEST_SCHEMA_VERSION,
         "engine": engine,
         "collection": spec.name,
         "model": spec.model,
@@ -103,6 +111,8 @@ def manifest_payload(spec: CollectionSpec, *, engine: str) -> dict[str, Any]:
         "distance": "Dot",
         "comparator": "max_sim",
         "token_pooling": spec.token_pooling,
+        "lanes": list(spec.lanes),
+        "text_language": spec.text_language,
         **_identity_payload(spec.identity),
     }
 
@@ -141,7 +151,22 @@ def spec_from_manifest(name: str, manifest: Mapping[str, Any]) -> CollectionSpec
         on_disk=bool(manifest.get("on_disk", False)),
         identity=_identity_from_manifest(manifest),
         token_pooling=int(manifest["token_pooling"]) if manifest.get("token_pooling") else None,
+        lanes=ordered_lanes(manifest.get("lanes") or VISUAL),
+        text_language=str(manifest.get("text_language") or "english"),
     )
+
+
+def ordered_lanes(lanes: Iterable[str]) -> tuple[Lane, ...]:
+    """``lanes`` in the canonical order (visual, text), each once; StoreError on an unknown
+    lane (a manifest from a newer pagerag that bumped no schema) or none at all."""
+    given = set(lanes)
+    unknown = given - set(LANES)
+    if unknown or not given:
+        raise StoreError(
+            f"unknown retrieval lanes {sorted(unknown) or '(none)'} recorded; this pagerag "
+            f"knows {list(LANES)}: upgrade pagerag"
+        )
+    return tuple(lane for lane in LANES if lane in given)
 
 
 def _identity_from_manifest(manifest: Mapping[str, Any]) -> ModelIdentity | None:
