@@ -40,6 +40,14 @@ class QdrantBm25:
     def __repr__(self) -> str:
         return f"QdrantBm25(language={self._language!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable (Ray embed actors get a copy): the language travels, the tokenizer
+        # is built again on first use.
+        return {"language": self._language}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["language"])  # type: ignore[misc]
+
     @property
     def language(self) -> str:
         return self._language

@@ -18,6 +18,7 @@ message: adapters build messages from config *names*, never values.
     │   ├── PasswordRequiredError    encrypted with a user password, none given
     │   ├── WrongPasswordError       a password was given and did not open it
     │   ├── RenderTimeoutError       rendering exceeded render.timeout_s
+    │   ├── TextExtractionError      pdftotext failed or timed out (the text lane only)
     │   ├── FileTooLargeError        bigger than render.max_file_mb
     │   └── TooManyPagesError        more pages than render.max_pages (refuse mode)
     ├── ModelError
@@ -65,6 +66,7 @@ __all__ = [
     "StoreError",
     "StoreInUseError",
     "StoreUnavailableError",
+    "TextExtractionError",
     "TooManyPagesError",
     "UnsupportedFileError",
     "VLMAuthError",
@@ -207,6 +209,15 @@ class WrongPasswordError(InputError):
 
 class RenderTimeoutError(InputError):
     reason = "timeout"
+
+
+class TextExtractionError(InputError):
+    """A page's text layer could not be read (pdftotext failed or ran out of time).
+
+    Only the text lane is affected: the pages' images are still stored.
+    """
+
+    reason = "text_failed"
 
 
 class FileTooLargeError(InputError):

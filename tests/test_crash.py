@@ -129,6 +129,11 @@ class Snapshot:
 
 
 def _sha(array: Any) -> str:
+    if hasattr(array, "indices"):  # the text lane's sparse vector
+        ids = np.asarray(array.indices, dtype=np.uint32).tobytes()
+        return hashlib.sha256(
+            ids + np.asarray(array.values, dtype=np.float32).tobytes()
+        ).hexdigest()
     return hashlib.sha256(np.asarray(array, dtype=np.float16).tobytes()).hexdigest()
 
 

@@ -24,6 +24,7 @@ from pipeline.ingest.planner import Planner
 from pipeline.ingest.render import PageFailure, Renderer, RenderPlan
 from pipeline.ingest.sources import hash_file
 from pipeline.ingest.stages import DecodedPage, Document, EmbedStage, RenderStage, UpsertStage
+from pipeline.ingest.text import TextExtractor
 from pipeline.retrieve.store import IMAGE_FIELD, PayloadReader
 from pipeline.testing.fakes import FakeEmbedder
 from pipeline.types import CollectionSpec, Page, PagePoint
@@ -71,8 +72,10 @@ class Stages:
     def __init__(self, rag: PageRAG, *, limits: dict[str, Any] | None = None) -> None:
         spec = spec_of(rag)
         self.planner = Planner(rag.store, hash_file, limits=limits)
-        self.render = RenderStage(Renderer(rag.config.render))
-        self.embed = EmbedStage(rag.embedder, spec)
+        renderer = Renderer(rag.config.render)
+        text = TextExtractor(rag.config.render, rag.config.text, renderer.poppler)
+        self.render = RenderStage(renderer, text=text if spec.has_text else None)
+        self.embed = EmbedStage(rag.embedder, spec, text_embedder=rag.text_embedder)
         self.upsert = UpsertStage(rag.store, batch=2)
         self.completer = Completer(rag.store, spec, limits=limits)
 
@@ -225,7 +228,9 @@ def _decoded(colour: tuple[int, int, int], number: int) -> DecodedPage:
 
 def test_the_embed_stage_isolates_the_page_that_breaks_a_batch(rag: PageRAG) -> None:
     batch = [_decoded((200, 10, 10), 1), _decoded((0, 0, 0), 2), _decoded((10, 200, 10), 3)]
-    results = EmbedStage(_PickyEmbedder(), spec_of(rag)).embed(batch)
+    results = EmbedStage(_PickyEmbedder(), spec_of(rag), text_embedder=rag.text_embedder).embed(
+        batch
+    )
     assert [type(r) for r in results] == [PagePoint, PageFailure, PagePoint]
     failure = results[1]
     assert isinstance(failure, PageFailure) and failure.page_number == 2
@@ -234,11 +239,13 @@ def test_the_embed_stage_isolates_the_page_that_breaks_a_batch(rag: PageRAG) -> 
     assert isinstance(point, PagePoint) and point.payload["page"] == 1
     assert set(point.vectors) == {"full", *spec_of(rag).pooled}
     with pytest.raises(ModelError):
-        EmbedStage(_PickyEmbedder(broken=True), spec_of(rag)).embed(batch)
+        EmbedStage(
+            _PickyEmbedder(broken=True), spec_of(rag), text_embedder=rag.text_embedder
+        ).embed(batch)
 
 
 def test_the_upsert_stage_batches_and_counts_stored_pages(rag: PageRAG) -> None:
-    embed = EmbedStage(rag.embedder, spec_of(rag))
+    embed = EmbedStage(rag.embedder, spec_of(rag), text_embedder=rag.text_embedder)
     points = only_points(embed.embed([_decoded((30 * n, 0, 0), n) for n in (1, 2, 3)]))
     upsert = UpsertStage(rag.store, batch=2)
     assert upsert.add(points[:1]) is False
@@ -251,7 +258,8 @@ def test_the_upsert_stage_batches_and_counts_stored_pages(rag: PageRAG) -> None:
 
 
 def test_a_store_failure_while_upserting_is_raised_and_drops_the_buffer(rag: PageRAG) -> None:
-    points = only_points(EmbedStage(rag.embedder, spec_of(rag)).embed([_decoded((9, 9, 9), 1)]))
+    stage = EmbedStage(rag.embedder, spec_of(rag), text_embedder=rag.text_embedder)
+    points = only_points(stage.embed([_decoded((9, 9, 9), 1)]))
 
     class DownStore:
         def upsert_pages(self, _points: Any) -> None:

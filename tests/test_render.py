@@ -144,9 +144,13 @@ def write_pdf(
     *,
     user_password: bytes | None = None,
     owner_password: bytes = b"owner",
+    font: bool = False,
 ) -> Path:
     """Pages are (width pt, height pt, /Rotate, content stream); RC4-128 when a user password
-    (possibly empty, for owner-only encryption) is given."""
+    (possibly empty, for owner-only encryption) is given. ``font``: the pages may show
+    text in Helvetica as ``/F1`` (a text layer, for pdftotext)."""
+    helvetica = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+    resources = b" /Resources << /Font << /F1 %s >> >>" % helvetica if font else b""
     file_id = hashlib.md5(path.name.encode()).digest()
     key = None
     objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
@@ -160,8 +164,8 @@ def write_pdf(
             object_key = hashlib.md5(key + struct.pack("<i", page_number + 1)[:3] + b"\0\0")
             content = _rc4(object_key.digest()[:16], content)
         objects.append(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %g %g] /Rotate %d /Contents %d 0 R >>"
-            % (width, height, rotate, page_number + 1)
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %g %g] /Rotate %d%s /Contents %d 0 R >>"
+            % (width, height, rotate, resources, page_number + 1)
         )
         objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))

@@ -73,6 +73,20 @@ def ingest(
             "cluster, the ray extra; ingest.engine).",
         ),
     ] = None,
+    lanes: Annotated[
+        str | None,
+        typer.Option(
+            help="Retrieval lanes the pages get (ingest.lanes). visual: the page image "
+            "through the embedding model (MaxSim search). text: the page's text layer "
+            "(pdftotext) as a BM25 vector: no embedding model is loaded, pages are still "
+            "rendered and their images stored for `ask`; scans and image files get no "
+            "text. visual+text (or visual,text): both, for hybrid search. auto (default): "
+            "the lanes of the existing collection, visual+text for a new one. A collection "
+            "with pages keeps its lanes: add one with `pagerag reindex --text` / "
+            "`--visual`.",
+            callback=lambda value: _lanes(value),
+        ),
+    ] = None,
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -107,7 +121,9 @@ def ingest(
     if batch_size:
         overrides["embedding"] = {"batch_size": batch_size}
     if engine:
-        overrides["ingest"] = {"engine": engine}
+        overrides.setdefault("ingest", {})["engine"] = engine
+    if lanes:
+        overrides.setdefault("ingest", {})["lanes"] = lanes
     ray = {"address": ray_address, "embed_actors": embed_actors, "gpus_per_actor": gpus_per_actor}
     if any(value is not None for value in ray.values()):
         overrides["ray"] = {key: value for key, value in ray.items() if value is not None}
@@ -136,6 +152,23 @@ def ingest(
         if report.error:  # what stopped the job, said once (the files say it in short)
             err.print(error_line(report.error), highlight=False)
     raise typer.Exit(report.exit_code)
+
+
+_LANES = ("auto", "visual", "text", "visual+text")
+
+
+def _lanes(value: str | None) -> str | None:
+    """``--lanes`` as ``ingest.lanes`` spells it: ``visual,text`` or ``text+visual`` is
+    ``visual+text``."""
+    if value is None:
+        return None
+    parts = {part.strip().lower() for part in value.replace(",", "+").split("+")}
+    canonical = "+".join(lane for lane in ("visual", "text") if lane in parts)
+    if parts == {"auto"}:
+        return "auto"
+    if not canonical or parts - {"visual", "text"}:
+        raise typer.BadParameter(f"{value!r}: use one of {', '.join(_LANES)} (or visual,text)")
+    return canonical
 
 
 class _progress:

@@ -7,7 +7,10 @@ Only then are other versions stored under its path removed, so a crash
 never loses what was stored. A document whose rendering broke off, or some
 of whose pages failed, is marked too, as incomplete (a rerun redoes it when
 a limit changed, or with ``--retry-incomplete``); one with no stored page,
-or cut short by a stop request or a job-ending error, is not marked.
+or cut short by a stop request or a job-ending error, is not marked. A
+document whose text layer could not be read (the text lane) is marked
+incomplete as ``text_failed``, its outcome saying so: its images are stored,
+so it counts as ingested, and ``--retry-incomplete`` reads the text again.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ class Completer:
             return failed_pages, "page_errors"
         if plan and plan.truncated:
             return failed_pages, "truncated"
+        if doc.text_error is not None:
+            return failed_pages, doc.text_error.reason
         return failed_pages, None
 
     def _record(
@@ -173,6 +178,13 @@ class Completer:
             )
         else:
             outcome = _outcome(doc, "ingested")
+        if doc.text_error is not None:
+            note = (
+                f"text lane: {doc.text_error.detail}; rerun with --retry-incomplete to read "
+                "the text again"
+            )
+            outcome.reason = outcome.reason or doc.text_error.reason
+            outcome.message = note if outcome.message is None else f"{outcome.message}; {note}"
         if doc.redo_note:
             outcome.message = (
                 doc.redo_note if outcome.message is None else f"{outcome.message} [{doc.redo_note}]"

@@ -28,6 +28,13 @@ with a few words naming it. The model is loaded before the first file is
 rendered (and only when one is), so a model that cannot load stops the job
 before any rendering.
 
+The text lane (a collection whose lanes include text): each render worker
+reads its document's text layer with pdftotext in a thread beside pdftoppm
+(:class:`~pipeline.ingest.stages.RenderStage`), and the embed stage adds each
+page's text and BM25 vector. A text-only collection needs no embedding model:
+``embedder`` is None and nothing loads one; pages are still rendered, for
+their stored JPEGs.
+
 Progress: a count pass (:class:`~pipeline.ingest.counting.PageCounter`)
 probes, ahead of the render workers, how many pages each file to render has,
 so the progress total is known early and does not grow as files are opened;
@@ -46,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.embed.protocol import PageEmbedder
+from pipeline.embed.text import TextEmbedder
 from pipeline.errors import ModelError, PageRAGError, StoreError
 from pipeline.ingest.completer import Completer
 from pipeline.ingest.counting import HashMemo, PageCounter
@@ -66,6 +74,7 @@ from pipeline.ingest.stages import (
     RenderStage,
     UpsertStage,
 )
+from pipeline.ingest.text import TextExtractor, extractor_for
 from pipeline.retrieve.store import PageStore
 from pipeline.types import CollectionSpec, PagePoint
 
@@ -109,7 +118,7 @@ class IngestJob:
         self,
         *,
         store: PageStore,
-        embedder: PageEmbedder,
+        embedder: PageEmbedder | None,
         renderer: DocumentRenderer,
         spec: CollectionSpec,
         hash_file: Callable[[Path], str],
@@ -123,11 +132,18 @@ class IngestJob:
         progress: Callable[[IngestProgress], None] | None = None,
         limits: Mapping[str, Any] | None = None,
         retry_incomplete: bool = False,
+        text_extractor: TextExtractor | None = None,
+        text_embedder: TextEmbedder | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.renderer = renderer
         self.spec = spec
+        # The text lane (spec.has_text): page texts, and their BM25 vectors.
+        self.text_extractor = text_extractor
+        if spec.has_text and text_extractor is None:
+            self.text_extractor = extractor_for(renderer)
+        self.text_embedder = text_embedder
         self.hash_file = hash_file
         self.password_for = password_for
         self.render_workers = max(1, render_workers)
@@ -170,8 +186,20 @@ class IngestJob:
                 retry_incomplete=self.retry_incomplete,
                 **common,
             ),
-            render=RenderStage(self.renderer, self.password_for),
-            embed=EmbedStage(self.embedder, self.spec, store_images=self.store_images, **common),
+            render=RenderStage(
+                self.renderer,
+                self.password_for,
+                text=self.text_extractor if self.spec.has_text else None,
+                text_beside=True,
+                decode=self.spec.has_visual,
+            ),
+            embed=EmbedStage(
+                self.embedder,
+                self.spec,
+                text_embedder=self.text_embedder,
+                store_images=self.store_images,
+                **common,
+            ),
             upsert=UpsertStage(self.store, self.upsert_batch),
             completer=Completer(self.store, self.spec, limits=self.limits, **common),
         )
@@ -303,8 +331,9 @@ class IngestJob:
                 self._model_loader.start()
 
     def _warm_up(self) -> None:
-        """The model loader: a model that cannot load ends the job, with its error."""
-        warm_up = getattr(self.embedder, "warm_up", None)
+        """The model loader: a model that cannot load ends the job, with its error
+        (no embedder, a text-only collection: nothing to load)."""
+        warm_up = None if self.embedder is None else getattr(self.embedder, "warm_up", None)
         try:
             if callable(warm_up):
                 warm_up()

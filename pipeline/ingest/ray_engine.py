@@ -17,6 +17,12 @@ this module only places them::
     UpsertStage (embedded store) ◀─ points (or, with writers, page acks)
     Completer: per-document acks → completion marks, outcomes, one report
 
+The text lane rides along as in the local job: the render task reads its page
+range's text layer (pdftotext, beside pdftoppm) and each page row carries its
+text; the embed actor adds the BM25 vector (its text embedder built there by
+``make_text_embedder``). A text-only collection builds no page embedder
+(``make_embedder`` None): the actors load no model.
+
 Guarantees are the local job's: ids are deterministic (sha256 + page), a
 document is marked complete only after every page it rendered is
 acknowledged by the store (the driver counts each document's pages off the
@@ -44,12 +50,14 @@ from typing import Any
 
 from pipeline.config import RayConfig
 from pipeline.embed.protocol import PageEmbedder
+from pipeline.embed.text import TextEmbedder
 from pipeline.errors import (
     ConfigError,
     ModelError,
     OptionalDependencyError,
     PageRAGError,
     StoreError,
+    TextExtractionError,
 )
 from pipeline.ingest.completer import Completer
 from pipeline.ingest.outcome import FileOutcome, IngestProgress, IngestReport, not_started
@@ -64,13 +72,14 @@ from pipeline.ingest.stages import (
     UpsertStage,
     decode_page,
 )
+from pipeline.ingest.text import TextExtractor, extractor_for
 from pipeline.retrieve.store import PageStore
 from pipeline.types import CollectionSpec, PagePoint
 
 __all__ = ["RayIngestJob", "require_ray"]
 
 # Row kinds on the stream (every row: kind, doc (the file's index), blob (pickled), busy).
-_PAGE = "page"  # blob: a Page, rendered, on its way to the embedder
+_PAGE = "page"  # blob: (Page, PageText | None), rendered, on its way to the embedder
 _POINT = "point"  # blob: a PagePoint or a PageFailure (the embedder's result)
 _ACK = "ack"  # blob: (page number, None) stored by a writer actor, or (None, PageFailure)
 _END = "end"  # blob: _RangeEnd, after a range's last page
@@ -95,6 +104,7 @@ class _RangeEnd:
     rendered: int  # pages sent on to the embedder
     failures: tuple[PageFailure, ...]
     render_error: PageRAGError | None
+    text_error: TextExtractionError | None = None
 
 
 @dataclass
@@ -143,8 +153,8 @@ def _render_range(row: dict[str, Any], render: RenderStage) -> Iterator[dict[str
     for item in render.pages(doc):
         if isinstance(item, DecodedPage):  # the JPEG travels, not the decoded pixels
             rendered += 1
-            yield _row(_PAGE, index, item.page)
-    end = _RangeEnd(rendered, tuple(doc.failures), doc.render_error)
+            yield _row(_PAGE, index, (item.page, item.text))
+    end = _RangeEnd(rendered, tuple(doc.failures), doc.render_error, doc.text_error)
     yield _row(_END, index, end)
 
 
@@ -167,18 +177,25 @@ def _rows(batch: Mapping[str, Any]) -> Iterator[tuple[str, int, bytes, float]]:
 
 
 class _EmbedActor:
-    """An embed actor: builds the embedder from config once, runs ``EmbedStage`` on batches."""
+    """An embed actor: builds the embedders from config once (the page embedder for the
+    visual lane, the text embedder for the text lane), runs ``EmbedStage`` on batches."""
 
-    def __init__(self, make_embedder: Callable[[], PageEmbedder], **stage: Any) -> None:
+    def __init__(
+        self,
+        make_embedder: Callable[[], PageEmbedder] | None,
+        make_text_embedder: Callable[[], TextEmbedder] | None,
+        **stage: Any,
+    ) -> None:
         self.error: PageRAGError | None = None
-        embedder = make_embedder()
+        embedder = None if make_embedder is None else make_embedder()
         warm_up = getattr(embedder, "warm_up", None)
         try:
             if callable(warm_up):
                 warm_up()
         except PageRAGError as exc:  # reported once, by the driver: the job ends
             self.error = exc
-        self.stage = EmbedStage(embedder, **stage)
+        text_embedder = None if make_text_embedder is None else make_text_embedder()
+        self.stage = EmbedStage(embedder, text_embedder=text_embedder, **stage)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[Any]]:
         out: list[dict[str, Any]] = []
@@ -187,12 +204,16 @@ class _EmbedActor:
             if kind != _PAGE:
                 out.append(_passed(kind, doc, blob, _busy))
                 continue
-            page = pickle.loads(blob)
-            decoded = decode_page(Path(page.source), page)
+            page, text = pickle.loads(blob)
+            decoded = (
+                decode_page(Path(page.source), page)
+                if self.stage.spec.has_visual
+                else DecodedPage(page, None)
+            )
             if isinstance(decoded, PageFailure):
                 out.append(_row(_POINT, int(doc), decoded))
             else:
-                pages.append((int(doc), decoded))
+                pages.append((int(doc), decoded._replace(text=text)))
         if pages:
             out.extend(self._embed(pages))
         return _columns(out)
@@ -244,9 +265,11 @@ class RayIngestJob:
     """One run over a list of files on Ray; returns the local job's :class:`IngestReport`.
 
     ``make_embedder`` builds the embedder inside each embed actor (the model
-    loads there, once per actor); ``make_store``, given only for a store
-    several processes may write (a Qdrant server), builds one per writer
-    actor. ``store`` is the driver's: skip checks, completion marks, and the
+    loads there, once per actor; None for a text-only collection), and
+    ``make_text_embedder`` the text lane's (when ``spec`` has it, with
+    ``text_extractor`` reading page texts in the render tasks); ``make_store``,
+    given only for a store several processes may write (a Qdrant server),
+    builds one per writer actor. ``store`` is the driver's: skip checks, completion marks, and the
     writes themselves when there are no writers.
     """
 
@@ -254,7 +277,7 @@ class RayIngestJob:
         self,
         *,
         store: PageStore,
-        make_embedder: Callable[[], PageEmbedder],
+        make_embedder: Callable[[], PageEmbedder] | None,
         renderer: DocumentRenderer,
         spec: CollectionSpec,
         hash_file: Callable[[Path], str],
@@ -268,9 +291,17 @@ class RayIngestJob:
         progress: Callable[[IngestProgress], None] | None = None,
         limits: Mapping[str, Any] | None = None,
         retry_incomplete: bool = False,
+        make_text_embedder: Callable[[], TextEmbedder] | None = None,
+        text_extractor: TextExtractor | None = None,
     ) -> None:
+        if spec.has_visual and make_embedder is None:
+            raise ValueError(f"collection {spec.name!r} has the visual lane: pass make_embedder")
+        if spec.has_text and make_text_embedder is None:
+            raise ValueError(f"collection {spec.name!r} has the text lane: pass make_text_embedder")
         self.store = store
         self.make_embedder = make_embedder
+        self.make_text_embedder = make_text_embedder
+        self.text_extractor = text_extractor or (extractor_for(renderer) if spec.has_text else None)
         self.renderer = renderer
         self.spec = spec
         self.hash_file = hash_file
@@ -491,13 +522,13 @@ class RayIngestJob:
             ray.data.from_items(units, override_num_blocks=max(1, len(units)))
             .flat_map(
                 _render_range,
-                fn_kwargs={"render": RenderStage(self.renderer, self.password_for)},
+                fn_kwargs={"render": self._render_stage()},
                 num_cpus=s.render_cpus,
                 **retries,
             )
             .map_batches(
                 _EmbedActor,
-                fn_constructor_args=(self.make_embedder,),
+                fn_constructor_args=(self.make_embedder, self.make_text_embedder),
                 fn_constructor_kwargs={
                     "spec": self.spec,
                     "store_images": self.store_images,
@@ -522,6 +553,17 @@ class RayIngestJob:
             )
         return dataset
 
+    def _render_stage(self) -> RenderStage:
+        """The render tasks' stage: page texts beside the images when the collection
+        has the text lane; no decoding without the visual lane."""
+        return RenderStage(
+            self.renderer,
+            self.password_for,
+            text=self.text_extractor if self.spec.has_text else None,
+            text_beside=True,
+            decode=self.spec.has_visual,
+        )
+
     def _take(
         self,
         batch: Mapping[str, Any],
@@ -544,6 +586,7 @@ class RayIngestJob:
                 item.rendered += value.rendered
                 item.doc.failures.extend(value.failures)
                 item.doc.render_error = item.doc.render_error or value.render_error
+                item.doc.text_error = item.doc.text_error or value.text_error
             else:
                 self._busy += float(busy)
                 self._first_batch = self._first_batch or time.monotonic()

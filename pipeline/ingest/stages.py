@@ -17,6 +17,13 @@ between them)::
     doc.stored_pages = upsert.stored_pages(doc.document_id)
     outcome = completer.complete(doc)              # completer.Completer: marks, prunes, reconciles
 
+The text lane rides along (when the collection has it): :class:`RenderStage`
+reads each page's text layer (:class:`~pipeline.ingest.text.TextExtractor`,
+pdftotext) in a thread beside rendering, so a :class:`DecodedPage` carries its
+``text``; :class:`EmbedStage` stores it in the payload and adds its BM25
+sparse vector. A text failure is recorded in ``doc.text_error``, never in the
+document's rendering: its images are stored.
+
 :class:`Document` is what travels with one file from the planner to the
 completer; :func:`remove_other_versions` is the one-path-one-version rule
 both of those apply.
@@ -37,15 +44,25 @@ from PIL import Image
 
 from pipeline.embed.pooling import stored_vectors
 from pipeline.embed.protocol import PageEmbedder, embed_pages
-from pipeline.errors import InputError, ModelError, PageRAGError, RenderCancelledError
+from pipeline.embed.text import TextEmbedder
+from pipeline.errors import (
+    InputError,
+    ModelError,
+    PageRAGError,
+    RenderCancelledError,
+    TextExtractionError,
+)
 from pipeline.ingest.render import PageFailure, RenderPlan, jpeg_to_image
+from pipeline.ingest.text import DocumentTexts, PageText, TextExtractor, text_payload
 from pipeline.retrieve.store import IMAGE_FIELD, KIND_PAGE, PageStore, paths_payload
 from pipeline.types import (
+    TEXT_VECTOR,
     CollectionSpec,
     Page,
     PageFilter,
     PagePoint,
     PageVectors,
+    SparseVector,
     page_point_id,
 )
 
@@ -82,9 +99,11 @@ class DocumentRenderer(Protocol):
 class Document:
     """One file being ingested, and what has happened to it so far.
 
-    The planner makes it; the render stage fills ``plan``, ``failures`` and
-    ``render_error``; the engine sets ``stored_pages`` from the upsert stage
-    and adds the pages that failed to embed; the completer decides its outcome.
+    The planner makes it; the render stage fills ``plan``, ``failures``,
+    ``render_error`` and ``text_error`` (the text lane's: its pages were stored
+    with the text that could be read); the engine sets ``stored_pages`` from the
+    upsert stage and adds the pages that failed to embed; the completer decides
+    its outcome.
     """
 
     path: Path
@@ -96,6 +115,7 @@ class Document:
     stored_pages: set[int] = field(default_factory=set)
     failures: list[PageFailure] = field(default_factory=list)
     render_error: PageRAGError | None = None
+    text_error: TextExtractionError | None = None
 
     @property
     def stored(self) -> int:
@@ -103,10 +123,12 @@ class Document:
 
 
 class DecodedPage(NamedTuple):
-    """A rendered page and its decoded image, ready for the embedder."""
+    """A rendered page, its decoded image (None for a collection without the visual
+    lane: nothing looks at the pixels) and its text (None without the text lane)."""
 
     page: Page
-    image: Image.Image
+    image: Image.Image | None
+    text: PageText | None = None
 
 
 def remove_other_versions(store: PageStore, names: Iterable[str | None], keep: str) -> list[str]:
@@ -134,15 +156,31 @@ class RenderStage:
     poppler missing, a renderer bug) is recorded in ``doc.render_error``, and
     the document still goes on to the completer. A stop (``cancel`` set) ends
     rendering quietly: the completer reports the document interrupted.
+
+    With ``text`` (the text lane), each PDF page's text layer is read
+    (:class:`~pipeline.ingest.text.DocumentTexts`: the same page ranges) and
+    handed over with the page; a text failure goes to ``doc.text_error``.
+    ``text_beside``: read it in a thread beside rendering, at most a few page
+    ranges ahead, so it adds no wall time (the engines ask for it); without it
+    the stage starts no thread and reads each range's text before its pages
+    go on. ``decode`` False (no visual lane) skips decoding the JPEGs, which
+    only the embedding model looks at.
     """
 
     def __init__(
         self,
         renderer: DocumentRenderer,
         password_for: Callable[[Path], str | None] = lambda _p: None,
+        *,
+        text: TextExtractor | None = None,
+        text_beside: bool = False,
+        decode: bool = True,
     ) -> None:
         self.renderer = renderer
         self.password_for = password_for
+        self.text = text
+        self.text_beside = text_beside
+        self.decode = decode
 
     def open(self, doc: Document, *, cancel: threading.Event | None = None) -> bool:
         """Probe the file into ``doc.plan``; False when it cannot be rendered."""
@@ -163,15 +201,29 @@ class RenderStage:
         """
         if doc.plan is None:
             return
-        with _recording_errors(doc):
-            items = self.renderer.iter_pages(
-                doc.plan, document_id=doc.document_id, source=str(doc.path), cancel=cancel
-            )
-            for item in items:
-                result = item if isinstance(item, PageFailure) else decode_page(doc.path, item)
-                if isinstance(result, PageFailure):
-                    doc.failures.append(result)
-                yield result
+        texts = None
+        if self.text is not None and doc.plan.kind == "pdf":  # image files have no text layer
+            texts = DocumentTexts(self.text, doc.plan, cancel, beside=self.text_beside)
+        try:
+            with _recording_errors(doc):
+                items = self.renderer.iter_pages(
+                    doc.plan, document_id=doc.document_id, source=str(doc.path), cancel=cancel
+                )
+                for item in items:
+                    result = item if isinstance(item, PageFailure) else self._ready(doc, item)
+                    if isinstance(result, PageFailure):
+                        doc.failures.append(result)
+                    elif self.text is not None:
+                        number = result.page.page_number
+                        text = texts.get(number) if texts else PageText(number, "")
+                        result = result._replace(text=text)
+                    yield result
+        finally:
+            if texts is not None:
+                doc.text_error = texts.close() or doc.text_error
+
+    def _ready(self, doc: Document, page: Page) -> DecodedPage | PageFailure:
+        return decode_page(doc.path, page) if self.decode else DecodedPage(page, None)
 
 
 def decode_page(path: Path, page: Page) -> DecodedPage | PageFailure:
@@ -200,25 +252,36 @@ def _recording_errors(doc: Document) -> Iterator[None]:
 
 
 class EmbedStage:
-    """Decoded pages → points: vectors (token-pooled when the collection says so),
-    row/column vectors, payload (with the page's own patch grid when it has one).
+    """Decoded pages → points, by the collection's lanes. Visual: vectors
+    (token-pooled when the collection says so), row/column vectors, the page's
+    own patch grid in the payload. Text: the page's text in the payload
+    (``TEXT_FIELD``, ``has_text``, ``text_cut`` when cut) and its BM25 sparse
+    vector (``TEXT_VECTOR``; none for a page without text).
 
     A page the model fails on becomes a ``PageFailure``; the others in its
-    batch are kept. ``ModelError`` (the model cannot run at all, so every page
-    would fail alike) is raised. ``aliases`` maps a resolved file to the path
-    the user gave for it, stored beside the resolved one.
+    batch are kept. ``ModelError`` (the model, or the text embedder, cannot run
+    at all, so every page would fail alike) is raised. ``aliases`` maps a
+    resolved file to the path the user gave for it, stored beside the resolved
+    one. ``embedder`` is needed only for the visual lane, ``text_embedder`` only
+    for the text lane.
     """
 
     def __init__(
         self,
-        embedder: PageEmbedder,
+        embedder: PageEmbedder | None,
         spec: CollectionSpec,
         *,
+        text_embedder: TextEmbedder | None = None,
         store_images: bool = True,
         metadata: Mapping[str, str] | None = None,
         aliases: Mapping[Path, str] | None = None,
     ) -> None:
+        if spec.has_visual and embedder is None:
+            raise ValueError(f"collection {spec.name!r} has the visual lane: pass an embedder")
+        if spec.has_text and text_embedder is None:
+            raise ValueError(f"collection {spec.name!r} has the text lane: pass a text_embedder")
         self.embedder = embedder
+        self.text_embedder = text_embedder
         self.spec = spec
         self.store_images = store_images
         self.metadata = dict(metadata or {})
@@ -226,43 +289,72 @@ class EmbedStage:
 
     def embed(self, batch: Sequence[DecodedPage]) -> list[PagePoint | PageFailure]:
         """One result per page of ``batch``, in order."""
-        vectors = self._vectors([image for _, image in batch])
+        vectors: list[PageVectors | Exception | None] = [None] * len(batch)
+        if self.spec.has_visual:
+            images = [jpeg_to_image(d.page.jpeg) if d.image is None else d.image for d in batch]
+            vectors = list(self._vectors(images))
+        sparse = self._sparse([d.text for d in batch])
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         out: list[PagePoint | PageFailure] = []
-        for (page, _image), vec in zip(batch, vectors, strict=True):
+        for decoded, vec, terms in zip(batch, vectors, sparse, strict=True):
+            page = decoded.page
             if isinstance(vec, Exception):
                 error = InputError(page.source, f"embedding failed: {vec}", page=page.page_number)
                 out.append(PageFailure(page.page_number, error))
             else:
-                out.append(self.point(page, vec, now))
+                out.append(self.point(page, vec, now, text=decoded.text, sparse=terms))
         return out
+
+    def _sparse(self, texts: list[PageText | None]) -> list[SparseVector | None]:
+        """Each page's BM25 vector (None without the text lane)."""
+        if not self.spec.has_text or self.text_embedder is None:
+            return [None] * len(texts)
+        try:
+            return list(self.text_embedder.embed_texts([t.text if t else "" for t in texts]))
+        except Exception as exc:  # the tokenizer cannot run: every page would fail alike
+            raise ModelError(f"the text lane's BM25 embedder failed: {exc}") from exc
 
     def _vectors(self, images: list[Image.Image]) -> list[PageVectors | Exception]:
         """The batch in one call; if it fails, page by page to find the page that breaks it."""
+        embedder = self.embedder
+        if embedder is None or not images:
+            return []
         try:
-            return list(embed_pages(self.embedder, images))
+            return list(embed_pages(embedder, images))
         except ModelError:
             raise
         except Exception:
             results: list[PageVectors | Exception] = []
             for image in images:
                 try:
-                    results.extend(embed_pages(self.embedder, [image]))
+                    results.extend(embed_pages(embedder, [image]))
                 except ModelError:
                     raise
                 except Exception as exc:
                     results.append(exc)
             return results
 
-    def point(self, page: Page, vectors: PageVectors, now: str) -> PagePoint:
-        """The stored point of ``page``: its vectors (pooled too) and payload."""
-        named, fields = stored_vectors(
-            vectors,
-            self.embedder.spec,
-            pooled=tuple(self.spec.pooled),
-            token_pooling=self.spec.token_pooling,
-            full_vector=self.spec.full_vector,
-        )
+    def point(
+        self,
+        page: Page,
+        vectors: PageVectors | None,
+        now: str,
+        *,
+        text: PageText | None = None,
+        sparse: SparseVector | None = None,
+    ) -> PagePoint:
+        """The stored point of ``page``: its vectors (pooled too; none without the
+        visual lane), its text lane (when the collection has it) and payload."""
+        named: dict[str, Any] = {}
+        fields: dict[str, Any] = {}
+        if vectors is not None and self.embedder is not None:
+            named, fields = stored_vectors(
+                vectors,
+                self.embedder.spec,
+                pooled=tuple(self.spec.pooled),
+                token_pooling=self.spec.token_pooling,
+                full_vector=self.spec.full_vector,
+            )
         identity = self.spec.identity
         payload: dict[str, Any] = {
             "kind": KIND_PAGE,
@@ -282,12 +374,15 @@ class EmbedStage:
             "meta": self.metadata,
             **fields,  # e.g. the page's own patch grid
         }
+        if self.spec.has_text:
+            payload.update(text_payload(text))
         if self.store_images:
             payload[IMAGE_FIELD] = base64.b64encode(page.jpeg).decode("ascii")
         return PagePoint(
             point_id=page_point_id(page.document_id, page.page_number),
             vectors=named,
             payload=payload,
+            sparse={TEXT_VECTOR: sparse} if sparse is not None and len(sparse) else {},
         )
 
 
