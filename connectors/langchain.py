@@ -9,9 +9,11 @@ callbacks and LCEL composition for free.
 
 A retrieved page becomes one ``Document``:
 
-* ``page_content`` is a short stand-in such as ``"[report.pdf p.3] Page 3 of
-  report.pdf …"``: pages are never OCR'd, so there is no text to put there;
-* ``metadata`` holds where the page comes from (see :data:`METADATA_KEYS`) and,
+* ``page_content`` is the page's extracted text when the collection has the
+  text lane and the page has a text layer (pages are never OCR'd); otherwise a
+  short stand-in such as ``"[report.pdf p.3] Page 3 of report.pdf …"``;
+* ``metadata`` holds where the page comes from and which lanes found it (see
+  :data:`METADATA_KEYS`) and,
   unless ``include_images=False``, the page as a base64 JPEG under
   :data:`IMAGE_KEY` with its MIME type under :data:`MIME_TYPE_KEY`.
 
@@ -84,10 +86,11 @@ METADATA_KEYS = (
     "file_name",
     "page",  # 1-based page number
     "page_count",  # pages in the file
-    "score",  # MaxSim score: higher is better, not bounded to [0, 1]
+    "score",  # MaxSim, BM25 or fused score (by mode): higher is better, not in [0, 1]
     "point_id",  # the page's Qdrant point id (also Document.id)
     "label",  # "file p.N", the name the page is cited by
     "meta",  # user metadata given at ingest (`ingest --meta k=v`)
+    "lanes",  # the lanes that found the page and its 1-based rank in each: {"visual": 2, ...}
 )
 """Metadata every page Document carries, besides the image keys."""
 
@@ -122,6 +125,7 @@ def page_document(
         "point_id": hit.point_id,
         "label": hit.label,
         "meta": dict(hit.payload.get("meta") or {}),
+        "lanes": dict(hit.lanes),
     }
     if include_image:
         metadata[IMAGE_KEY] = base64.b64encode(_jpeg(hit, max_image_side, jpeg_quality)).decode()
@@ -129,7 +133,7 @@ def page_document(
         where = f"the page image is in metadata[{IMAGE_KEY!r}]"
     else:
         where = "the page image was left out (include_images=False)"
-    text = (
+    text = hit.text.strip() or (
         f"[{hit.label}] Page {hit.page_number} of {hit.file_name}. This page was retrieved "
         f"as an image and has no extracted text (no OCR); {where}."
     )
@@ -173,8 +177,9 @@ class PageRetriever(BaseRetriever):
     """``{"source": path-or-folder, "document_id": id-or-list, <ingest --meta key>: value}``."""
     score_threshold: float | None = None
     """Drop pages whose MaxSim score is below this."""
-    mode: Literal["exact", "two_stage", "auto"] | None = None
-    """Search mode; None uses ``retrieval.mode`` from the config."""
+    mode: Literal["auto", "visual", "exact", "two_stage", "text", "hybrid"] | None = None
+    """Search mode (``"hybrid"``: the page images and their text fused; ``"text"``: the
+    text alone); None uses ``retrieval.mode`` from the config."""
     include_images: bool = True
     """Put the page JPEG (base64) in ``metadata[IMAGE_KEY]``; off for text-only chains."""
     max_image_side: int | None = Field(default=None, ge=64)
@@ -264,14 +269,17 @@ def pages_to_content_blocks(docs: Sequence[Document]) -> list[dict[str, Any]]:
     The blocks use the OpenAI ``image_url`` format with a ``data:`` URL, which
     LangChain's multimodal chat models accept. A Document without an image
     (from ``include_images=False`` or from another, text retriever) is given
-    as a text block of its ``page_content``.
+    as a text block of its ``page_content``, after its ``[file p.N]`` label when
+    it has one and the text does not start with it.
     """
     blocks: list[dict[str, Any]] = []
     for doc in docs:
         meta = doc.metadata
         image = meta.get(IMAGE_KEY)
         if not image:
-            blocks.append({"type": "text", "text": doc.page_content})
+            named = meta.get("label") and not doc.page_content.startswith(f"[{meta['label']}]")
+            text = f"[{meta['label']}]\n{doc.page_content}" if named else doc.page_content
+            blocks.append({"type": "text", "text": text})
             continue
         label = meta.get("label") or f"{meta.get('file_name', '?')} p.{meta.get('page', '?')}"
         url = f"data:{meta.get(MIME_TYPE_KEY, _JPEG)};base64,{image}"

@@ -82,6 +82,8 @@ class OpenAIAnswerer:
     ``httpx`` client with a ``MockTransport``); they stay the caller's to close.
     ``backoff_s`` is the first retry delay, doubled per retry up to
     ``max_backoff_s`` (a server's ``Retry-After`` wins when it sends one).
+    ``page_text_chars`` > 0 (``text.answer_with_text``) also shows the VLM each page's
+    extracted text, cut at that many characters.
     """
 
     def __init__(
@@ -92,8 +94,10 @@ class OpenAIAnswerer:
         async_http_client: httpx.AsyncClient | None = None,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
+        page_text_chars: int = 0,
     ) -> None:
         self._config = config
+        self._page_text_chars = page_text_chars
         self._transport = ChatTransport(
             config,
             http_client=http_client,
@@ -152,6 +156,7 @@ class OpenAIAnswerer:
                 hits,
                 max_image_side=config.max_image_side,
                 jpeg_quality=config.jpeg_quality,
+                page_text_chars=self._page_text_chars,
             ),
             "max_tokens": config.max_tokens,
             "temperature": config.temperature,

@@ -32,6 +32,7 @@ from pipeline.config import PageRAGConfig, load_config
 from pipeline.embed.protocol import PageEmbedder
 from pipeline.errors import CollectionNotFoundError, QueryError
 from pipeline.ingest.job import FileOutcome, IngestJob, IngestProgress, IngestReport
+from pipeline.models import get_model_spec
 from pipeline.retrieve.collection import CollectionGate, check_model, wanted_spec
 from pipeline.retrieve.inventory import (
     Status,
@@ -48,17 +49,29 @@ from pipeline.retrieve.planning import (
     plan_search,
 )
 from pipeline.retrieve.store import PageStore
-from pipeline.types import LIMIT_KEYS, Answer, CollectionSpec, DocumentRecord, PageHit
+from pipeline.types import (
+    LANES,
+    LIMIT_KEYS,
+    Answer,
+    CollectionSpec,
+    DocumentRecord,
+    Lane,
+    PageHit,
+    ScoredPage,
+    SparseVector,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from pipeline.answer.answerer import Answerer, StreamingAnswer
+    from pipeline.embed.text import TextEmbedder
     from pipeline.evaluate.explain import Explanation, MapKind
     from pipeline.ingest.ray_engine import RayIngestJob
     from pipeline.ingest.render import Renderer
+    from pipeline.ingest.text import TextExtractor
     from pipeline.retrieve.planning import SearchArgs
-    from pipeline.retrieve.reindex import ReindexProgress, ReindexReport
+    from pipeline.retrieve.reindex import ReindexProgress, ReindexReport, SourceFiles
 
 # MAX_K, Mode, parse_filter and vector_bytes_per_page live in pipeline.retrieve and stay
 # importable from here, where they used to be.
@@ -71,6 +84,7 @@ __all__ = [
     "build_answerer",
     "build_embedder",
     "build_store",
+    "build_text_embedder",
     "parse_filter",
     "vector_bytes_per_page",
 ]
@@ -103,9 +117,11 @@ class PageRAG:
         store: PageStore | None = None,
         renderer: Renderer | None = None,
         answerer: Answerer | None = None,
+        text_embedder: TextEmbedder | None = None,
     ) -> None:
         self.config = config or PageRAGConfig()
         self._embedder = embedder
+        self._text_embedder = text_embedder
         self._parts_given = {"embedder": embedder is not None, "store": store is not None}
         self._store = store
         self._renderer = renderer
@@ -135,6 +151,11 @@ class PageRAG:
     def embedder(self) -> PageEmbedder:
         """Embeds pages and queries (:func:`build_embedder`; the model loads on first use)."""
         return self._part("_embedder", build_embedder)
+
+    @property
+    def text_embedder(self) -> TextEmbedder:
+        """Embeds page texts and queries for the text lane (BM25; no model files)."""
+        return self._part("_text_embedder", build_text_embedder)
 
     @property
     def store(self) -> PageStore:
@@ -213,7 +234,7 @@ class PageRAG:
             FileOutcome(path=str(item), status="failed", reason=item.kind, message=item.message)
             for item in discovery.missing
         ]
-        spec = self._open(create=True, weights=True)
+        spec = self._open_for_ingest()
         book = PasswordBook(self.config.render, default=password)
         common: dict[str, Any] = {
             "store": self.store,
@@ -228,13 +249,15 @@ class PageRAG:
             "progress": progress,
             "limits": {key: getattr(self.config.render, key) for key in LIMIT_KEYS},
             "retry_incomplete": retry_incomplete,
+            "text_extractor": self._text_extractor() if spec.has_text else None,
         }
         job: IngestJob | RayIngestJob
         if (engine or self.config.ingest.engine) == "ray":
             job = self._ray_job(common)
         else:
             job = IngestJob(
-                embedder=self.embedder,
+                embedder=self.embedder if spec.has_visual else None,
+                text_embedder=self.text_embedder if spec.has_text else None,
                 render_workers=self.config.render.workers,
                 queue_pages=self.config.ingest.queue_pages,
                 **common,
@@ -244,6 +267,45 @@ class PageRAG:
         aliases = {f.path: f.given for f in discovery.files if f.given}
         with _stop_on_signals(job.request_stop, enabled=handle_signals):
             return job.run([f.path for f in discovery.files], failed=missing, aliases=aliases)
+
+    def _open_for_ingest(self) -> CollectionSpec:
+        """Open (or create) the collection for the lanes ``ingest.lanes`` resolves to.
+
+        ``auto``: the existing collection's lanes, visual+text for a new one. The
+        text lane alone needs no embedding model: the model is named by its
+        registry entry (the collection still declares its visual vectors), and
+        no embedder is built or loaded.
+        """
+        with self._lock:
+            setting = self.config.ingest.lanes
+            if setting == "auto":
+                recorded = self.store.spec()
+                lanes = LANES if recorded is None else recorded.lanes
+            else:
+                lanes = tuple(lane for lane in LANES if lane in setting.split("+"))
+            visual = "visual" in lanes
+            model = self._embedder.spec if self._embedder is not None else None
+            source = (
+                self.embedder if visual else model or get_model_spec(self.config.embedding.model)
+            )
+            spec = self._gate.open(
+                self.store,
+                source,
+                create=True,
+                weights=visual,
+                lanes=lanes,
+                text_language=self.config.text.language,
+            )
+        if spec.has_text:
+            self.text_embedder.embed_query("language")  # a bad text.language fails here, once
+        return spec
+
+    def _text_extractor(self) -> TextExtractor:
+        """Page texts for the text lane, through the renderer's poppler driver."""
+        from pipeline.ingest.text import TextExtractor
+
+        poppler = getattr(self.renderer, "poppler", None)
+        return TextExtractor(self.config.render, self.config.text, poppler=poppler)
 
     def _ray_job(self, common: dict[str, Any]) -> RayIngestJob:
         """The Ray engine: each embed actor builds the embedder from the config (or gets
@@ -255,9 +317,12 @@ class PageRAG:
         make_embedder = (
             partial(_same, self.embedder) if given["embedder"] else partial(build_embedder, config)
         )
+        spec: CollectionSpec = common["spec"]
+        make_text = partial(_same, self.text_embedder) if spec.has_text else None
         server = bool(config.store.url) and config.store.url != ":memory:" and not given["store"]
         return RayIngestJob(
-            make_embedder=make_embedder,
+            make_embedder=make_embedder if spec.has_visual else None,
+            make_text_embedder=make_text,
             make_store=partial(build_store, config) if server else None,
             settings=config.ray,
             **common,
@@ -301,7 +366,10 @@ class PageRAG:
     def search(
         self, query: str, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
     ) -> list[PageHit]:
-        """The pages that best match ``query`` by late interaction (MaxSim).
+        """The pages that best match ``query``: by late interaction (MaxSim) on the page
+        images, by BM25 on the pages' text (``mode="text"``), or both fused
+        (``mode="hybrid"``); see :mod:`pipeline.retrieve.planning`. Each hit's
+        ``lanes`` says which lane found it, at which rank.
 
         ``options``: a :class:`SearchOptions`, or ``k``; keywords ``k``, ``filter``
         and ``mode`` override it. Defaults come from ``retrieval``.
@@ -312,12 +380,43 @@ class PageRAG:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query is empty: pass a question or some words to search for")
         plan = self._planned(options)
-        vectors = _embed_query(self.embedder, query)
         store = self.store
+        terms = self._query_terms(query, plan)
+        if plan.mode == "text" and terms is not None:
+            scored = store.search_text(terms, k=plan.k, filter=plan.filter)
+            return _hits(store, scored, "text")
+        vectors = _embed_query(self.embedder, query)
+        if terms is not None and plan.fusion is not None:
+            scored = store.search_hybrid(
+                vectors,
+                terms,
+                k=plan.k,
+                fusion=plan.fusion,
+                lane_k=plan.lane_k,
+                filter=plan.filter,
+                prefetch=list(plan.prefetch),
+            )
+            return _hits(store, scored, None)
         scored = store.search(
             vectors, k=plan.k, filter=plan.filter, using=plan.using, prefetch=list(plan.prefetch)
         )
-        return [_hit(store, s.point_id, s.score, s.payload) for s in scored]
+        return _hits(store, scored, "visual")
+
+    def _query_terms(self, query: str, plan: SearchPlan) -> SparseVector | None:
+        """The query's BM25 terms when the plan searches the text lane, else None; a
+        query without searchable words is refused (text) or left to the visual lane."""
+        if "text" not in plan.lanes:
+            return None
+        terms = self.text_embedder.embed_query(query)
+        if len(terms):
+            return terms
+        if plan.mode == "text":
+            raise QueryError(
+                f"the query {query!r} has no searchable words for the text lane (only "
+                "stopwords or punctuation): use other words, or --mode visual / hybrid"
+            )
+        log.warning("the query has no searchable words: searching the visual lane alone")
+        return None
 
     def plan(
         self, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
@@ -327,8 +426,13 @@ class PageRAG:
         return self._planned(SearchOptions.of(options, **given))
 
     def _planned(self, options: SearchOptions) -> SearchPlan:
-        spec = self._open(create=False, weights=True)
-        return plan_search(options, spec, self.config.retrieval, self.store.count_pages)
+        # Opened without the weights first: a text search (and a text-only collection)
+        # never needs the visual model's files; a visual lane search checks them.
+        spec = self._open(create=False)
+        plan = plan_search(options, spec, self.config.retrieval, self.store.count_pages)
+        if plan.visual is not None:
+            self._open(create=False, weights=True)
+        return plan
 
     def ask(
         self, question: str, options: SearchOptions | int | None = None, **given: Unpack[SearchArgs]
@@ -457,6 +561,62 @@ class PageRAG:
             self.store, self.embedder.spec, factor, batch=batch, progress=progress
         )
 
+    def reindex_text(
+        self,
+        *,
+        password: str | None = None,
+        batch: int = 64,
+        progress: Callable[[ReindexProgress], None] | None = None,
+    ) -> ReindexReport:
+        """Add the text lane to the existing collection, in place: each stored document's
+        page text read again from its file (pdftotext; nothing rendered, no visual vector
+        touched) as BM25 in ``text.language``; when the lane exists in another language,
+        its stored texts re-embedded. ``password`` as for :meth:`ingest`. See
+        :func:`pipeline.retrieve.reindex.reindex_text`."""
+        from pipeline.retrieve.reindex import reindex_text
+
+        self._open(create=False)
+        files, extractor = self._source_files(password), self._text_extractor()
+        return reindex_text(
+            self.store, files, extractor, self.text_embedder, batch=batch, progress=progress
+        )
+
+    def reindex_visual(
+        self,
+        *,
+        password: str | None = None,
+        batch: int = 64,
+        progress: Callable[[ReindexProgress], None] | None = None,
+    ) -> ReindexReport:
+        """Add the visual lane to a text-only collection, in place: each stored document's
+        pages rendered and embedded by the configured model, as an ingest would (its cost).
+        See :func:`pipeline.retrieve.reindex.reindex_visual`."""
+        from pipeline.retrieve.reindex import reindex_visual
+
+        spec = self._open(create=False)
+        text = self.text_embedder
+        if text.language != spec.text_language:  # the lane's own language: rewritten as is
+            language = self.config.text.model_copy(update={"language": spec.text_language})
+            text = build_text_embedder(self.config.model_copy(update={"text": language}))
+        return reindex_visual(
+            self.store,
+            self._source_files(password),
+            self.embedder,
+            text,
+            embed_batch=self.config.embedding.batch_size,
+            store_images=self.config.ingest.store_images,
+            batch=batch,
+            progress=progress,
+        )
+
+    def _source_files(self, password: str | None) -> SourceFiles:
+        """How a lane reindex reopens the documents: the renderer and the passwords."""
+        from pipeline.ingest.sources import PasswordBook
+        from pipeline.retrieve.reindex import SourceFiles
+
+        book = PasswordBook(self.config.render, default=password)
+        return SourceFiles(self.renderer, book.password_for)
+
 
 # -- the parts the config names ---------------------------------------------------------
 
@@ -480,12 +640,21 @@ def build_store(config: PageRAGConfig) -> PageStore:
     return EdgePageStore(config.store.path, config.store.collection)
 
 
+def build_text_embedder(config: PageRAGConfig) -> TextEmbedder:
+    """The text lane's embedder (BM25 in ``text.language``; see :mod:`pipeline.backends`)."""
+    from pipeline.backends import build_text_embedder as build
+
+    return build(config)
+
+
 def build_answerer(config: PageRAGConfig) -> Answerer:
     """An OpenAI-compatible VLM when an endpoint or a key is set, else the no-VLM stand-in."""
     if config.vlm.base_url or config.vlm.api_key:
         from connectors.openai_vlm import OpenAIAnswerer
+        from pipeline.answer.answerer import PAGE_TEXT_CHARS
 
-        return OpenAIAnswerer(config.vlm)
+        chars = PAGE_TEXT_CHARS if config.text.answer_with_text else 0
+        return OpenAIAnswerer(config.vlm, page_text_chars=chars)
     from pipeline.answer.answerer import NoVLMAnswerer
 
     return NoVLMAnswerer()
@@ -502,7 +671,22 @@ def _build_renderer(config: PageRAGConfig) -> Renderer:
     return Renderer(config.render)
 
 
-def _hit(store: PageStore, point_id: str, score: float, payload: Mapping[str, Any]) -> PageHit:
+def _hits(store: PageStore, scored: list[ScoredPage], lane: Lane | None) -> list[PageHit]:
+    """Search results as hits; ``lane``: the one lane searched (each hit's rank in it),
+    None for a fused search (the ranks the store recovered)."""
+    return [
+        _hit(store, s.point_id, s.score, s.payload, s.lanes or ({lane: rank} if lane else {}))
+        for rank, s in enumerate(scored, 1)
+    ]
+
+
+def _hit(
+    store: PageStore,
+    point_id: str,
+    score: float,
+    payload: Mapping[str, Any],
+    lanes: Mapping[str, int] | None = None,
+) -> PageHit:
     """A search result as a :class:`PageHit` whose image is fetched from ``store`` on use."""
 
     def load() -> bytes:
@@ -522,6 +706,7 @@ def _hit(store: PageStore, point_id: str, score: float, payload: Mapping[str, An
         score=float(score),
         payload=dict(payload),
         image_loader=load,
+        lanes=dict(lanes or {}),
     )
 
 

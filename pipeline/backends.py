@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from pipeline.config import EmbeddingConfig, PageRAGConfig
 from pipeline.embed.protocol import PageEmbedder
+from pipeline.embed.text import TextEmbedder
 from pipeline.errors import ConfigError
 from pipeline.models import Backend, get_model_spec
 
-__all__ = ["backend_for", "build_embedder"]
+__all__ = ["backend_for", "build_embedder", "build_text_embedder"]
 
 
 def backend_for(config: EmbeddingConfig) -> Backend:
@@ -48,6 +49,12 @@ def build_embedder(config: PageRAGConfig | EmbeddingConfig) -> PageEmbedder:
     from connectors.fastembed import FastEmbedColPali
 
     return FastEmbedColPali(embedding)
+
+
+def build_text_embedder(config: PageRAGConfig) -> TextEmbedder:
+    from connectors.bm25 import QdrantBm25
+
+    return QdrantBm25(config.text.language)
 
 
 def _served() -> list[tuple[str, str]]:

@@ -64,7 +64,7 @@ __all__ = ["DEFAULT_URL", "AsyncPageRAGClient", "PageRAGClient"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 T = TypeVar("T")
-Mode = Literal["exact", "two_stage", "auto"]
+Mode = Literal["auto", "visual", "exact", "two_stage", "text", "hybrid"]
 
 # Errors of pagerag's tree that carry only a message: raised again as themselves.
 _BY_NAME: dict[str, type[PageRAGError]] = {

@@ -130,6 +130,10 @@ def test_one_document_per_page_with_metadata_and_image(
         jpeg = base64.b64decode(meta[IMAGE_KEY])
         assert jpeg == hit.load_jpeg()
         assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+        assert meta["lanes"] == dict(hit.lanes)
+        if hit.text.strip():  # the text lane: the page's own text
+            assert doc.page_content == hit.text.strip()
+            continue
         # the stand-in text names the page and says there is no OCR text
         assert doc.page_content.startswith(f"[{meta['label']}] Page {meta['page']} of ")
         assert "no OCR" in doc.page_content
@@ -161,12 +165,17 @@ def test_include_images_off_drops_the_image(shared_rag: PageRAG) -> None:
     for doc in docs:
         assert IMAGE_KEY not in doc.metadata
         assert MIME_TYPE_KEY not in doc.metadata
-        assert "include_images=False" in doc.page_content
+        stand_in = doc.page_content.startswith(f"[{doc.metadata['label']}]")
+        assert stand_in == ("include_images=False" in doc.page_content)
     # per call too, and the text-only Documents still feed the prompt helper
     per_call = PageRetriever(rag=shared_rag).invoke(QUERY, k=3, include_images=False)
     assert [d.metadata for d in per_call] == [d.metadata for d in docs]
     blocks = pages_to_content_blocks(docs)
-    assert blocks == [{"type": "text", "text": d.page_content} for d in docs]
+    assert len(blocks) == len(docs)
+    for block, doc in zip(blocks, docs, strict=True):  # the text, after its label
+        assert block["type"] == "text"
+        assert block["text"].startswith(f"[{doc.metadata['label']}]")
+        assert block["text"].endswith(doc.page_content)
 
 
 def test_max_image_side_shrinks_images(shared_rag: PageRAG) -> None:

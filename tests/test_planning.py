@@ -40,7 +40,7 @@ def test_options_refuse_what_no_search_takes() -> None:
         ({"k": MAX_K + 1}, "k must be"),
         ({"k": True}, "k must be"),
         ({"k": 2.0}, "k must be"),
-        ({"mode": "fast"}, "mode must be exact, two_stage or auto"),
+        ({"mode": "fast"}, "mode must be one of auto, visual, exact, two_stage, text, hybrid"),
         ({"filter": "reports/"}, "filter must be a mapping or PageFilter"),
     ],
 )

@@ -4,7 +4,9 @@ Everything that does not depend on *which* vision-language model answers lives
 here, so every adapter sends the same prompt and is parsed the same way:
 
 * :data:`SYSTEM_PROMPT` and :func:`user_message_layout` — what the model is
-  shown: each page image preceded by its label ``[file p.N]``, then the question;
+  shown: each page image preceded by its label ``[file p.N]`` (and, with
+  ``text.answer_with_text``, followed by the page's extracted text, capped at
+  :data:`PAGE_TEXT_CHARS`), then the question;
 * :func:`prepare_page_jpeg` — downscale and re-encode a stored page so it fits
   the model's image budget;
 * :func:`parse_citations` — map the ``[file p.N]`` citations the model wrote back
@@ -35,6 +37,7 @@ from pipeline.types import Answer, PageHit, Usage
 
 __all__ = [
     "NO_VLM_MESSAGE",
+    "PAGE_TEXT_CHARS",
     "SYSTEM_PROMPT",
     "AnswerChunk",
     "Answerer",
@@ -48,6 +51,7 @@ __all__ = [
     "citation_label",
     "finish_answer",
     "no_vlm_answer",
+    "page_text_part",
     "parse_citations",
     "prepare_page_jpeg",
     "user_message_layout",
@@ -65,6 +69,12 @@ Rules:
 do not contain it. Do not guess.
 - Be concise."""
 
+
+# Characters of a page's extracted text shown beside its image (text.answer_with_text),
+# after runs of spaces and blank lines are squeezed: ~1,500 tokens at ~4 characters a
+# token. No page of the shared QA corpus is longer (its densest: 5,994); a longer page is
+# cut, and the model told. docs/retrieval.md estimates the cost.
+PAGE_TEXT_CHARS = 6000
 
 # ---------------------------------------------------------------------------
 # What the model is shown
@@ -106,17 +116,37 @@ def check_answer_inputs(question: str, hits: Sequence[PageHit]) -> None:
         )
 
 
-def user_message_layout(question: str, hits: Sequence[PageHit]) -> tuple[MessagePart, ...]:
+def user_message_layout(
+    question: str, hits: Sequence[PageHit], *, page_text_chars: int = 0
+) -> tuple[MessagePart, ...]:
     """Each page as its label followed by its image, in rank order, then the question.
 
     The label sits right before its image so the model can tie what it reads
-    to the exact name it must cite.
+    to the exact name it must cite. With ``page_text_chars`` (``text.answer_with_text``)
+    each page's extracted text follows its image, labelled, at most that many
+    characters (see :func:`page_text_part`); pages without text get none.
     """
     parts: list[MessagePart] = []
     for hit in hits:
         parts += [TextPart(citation_label(hit)), PagePart(hit)]
+        text = page_text_part(hit, page_text_chars) if page_text_chars > 0 else None
+        if text is not None:
+            parts.append(text)
     parts.append(TextPart(f"Question: {question.strip()}"))
     return tuple(parts)
+
+
+def page_text_part(hit: PageHit, max_chars: int = PAGE_TEXT_CHARS) -> TextPart | None:
+    """The page's extracted text (its PDF text layer), labelled with the page, its runs of
+    spaces (``pdftotext -layout`` columns) and blank lines squeezed, cut at ``max_chars``;
+    None for a page without text."""
+    lines = (" ".join(line.split()) for line in hit.text.splitlines())
+    text = "\n".join(line for line in lines if line)
+    if not text:
+        return None
+    cut = len(text) > max_chars
+    body = text[:max_chars].rstrip() + (" [… text cut]" if cut else "")
+    return TextPart(f"Text extracted from {citation_label(hit)} (may be incomplete):\n{body}")
 
 
 def prepare_page_jpeg(hit: PageHit, *, max_side: int, quality: int) -> bytes:

@@ -5,7 +5,8 @@ same message list: a system message, then a user message whose content is a
 list of ``{"type": "text"}`` and ``{"type": "image_url"}`` parts, images as
 ``data:image/jpeg;base64,…`` URLs. :func:`chat_messages` builds it from the
 provider-neutral layout of :mod:`pipeline.answer.answerer` (each page's
-``[file p.N]`` label right before its image, then the question); an adapter
+``[file p.N]`` label right before its image, optionally its extracted text
+after it, then the question); an adapter
 adds its own request fields (model, token limit, streaming) and does the I/O.
 """
 
@@ -28,15 +29,22 @@ __all__ = ["chat_messages", "jpeg_data_url"]
 
 
 def chat_messages(
-    question: str, hits: Sequence[PageHit], *, max_image_side: int, jpeg_quality: int
+    question: str,
+    hits: Sequence[PageHit],
+    *,
+    max_image_side: int,
+    jpeg_quality: int,
+    page_text_chars: int = 0,
 ) -> list[dict[str, Any]]:
     """The system prompt, then the pages (shrunk to ``max_image_side``) and the question.
 
+    ``page_text_chars`` > 0 (``text.answer_with_text``) adds each page's extracted
+    text after its image, labelled, cut at that many characters.
     Refuses an empty question or no pages before any image is loaded.
     """
     check_answer_inputs(question, hits)
     content: list[dict[str, Any]] = []
-    for part in user_message_layout(question, hits):
+    for part in user_message_layout(question, hits, page_text_chars=page_text_chars):
         if isinstance(part, PagePart):
             jpeg = prepare_page_jpeg(part.hit, max_side=max_image_side, quality=jpeg_quality)
             content.append({"type": "image_url", "image_url": {"url": jpeg_data_url(jpeg)}})

@@ -120,7 +120,13 @@ def page_filter(
 K = Annotated[int | None, typer.Option("-k", "--k", help="How many pages (retrieval.k).")]
 ModeOpt = Annotated[
     str | None,
-    typer.Option(help="exact (full MaxSim scan), two_stage (pooled prefetch + rerank) or auto."),
+    typer.Option(
+        help="How pages are found. visual: the page images (exact MaxSim, or two_stage "
+        "on big collections); exact / two_stage: the visual lane so; text: the pages' "
+        "text (BM25; no model loaded); hybrid: both lanes fused in one query (retrieval."
+        "fusion rrf|dbsf, rrf_k, visual_weight, text_weight, lane_k); auto (default "
+        "retrieval.mode): visual, or text on a text-only collection."
+    ),
 ]
 SourceOpt = Annotated[
     str | None, typer.Option(help="Only pages from this file or from files under this folder.")

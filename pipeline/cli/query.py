@@ -7,6 +7,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.cli.common import (
     ConfigOpt,
@@ -24,6 +25,7 @@ from pipeline.cli.common import (
     page_filter,
 )
 from pipeline.errors import PageRAGError
+from pipeline.retrieve.display import describe_lanes, text_snippet
 
 __all__ = ["register"]
 
@@ -43,7 +45,12 @@ def search(
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Rank pages by late-interaction similarity to QUERY (no VLM needed)."""
+    """Rank pages by similarity to QUERY (no VLM needed).
+
+    By the page images (late interaction, the visual lane), by the pages' text (BM25,
+    the text lane: --mode text) or both fused (--mode hybrid); each hit says which
+    lane found it, at which rank, and shows the start of its text when it has some.
+    """
     rag = make_rag(config)
     try:
         with rag:
@@ -67,19 +74,29 @@ def _hit_dict(hit: Any) -> dict[str, Any]:
         "document_id": hit.document_id,
         "point_id": hit.point_id,
         "meta": hit.payload.get("meta", {}),
+        "lanes": dict(hit.lanes),
+        "snippet": text_snippet(hit.text),
     }
 
 
 def _print_hits(hits: list[Any]) -> None:
+    """The hits as a table; a "found by" column (lanes and ranks) when the text lane took
+    part, and under each file the start of the page's text when it has some."""
+    found_by = any(dict(hit.lanes) != {"visual": rank} for rank, hit in enumerate(hits, 1))
     table = Table()
-    for column in ("#", "score", "page", "file"):
+    for column in ("#", "score", "page", "file", *(["found by"] if found_by else [])):
         table.add_column(
             column,
             justify="right" if column in ("#", "score", "page") else "left",
             overflow="fold",
         )
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.3f}", str(hit.page_number), hit.source)
+        where = Text(hit.source)
+        snippet = text_snippet(hit.text)
+        if snippet:
+            where.append("\n" + snippet, style="dim")
+        row: list[str | Text] = [str(rank), f"{hit.score:.3f}", str(hit.page_number), where]
+        table.add_row(*row, *([describe_lanes(hit.lanes) or "-"] if found_by else []))
     out.print(table)
 
 

@@ -4,12 +4,15 @@
   their async forms take: how many pages (``k``), which pages (``filter``) and
   how to find them (``mode``). ``None`` means the configured default.
 * :func:`plan_search` — the options against the collection and the
-  ``retrieval`` config: exact MaxSim over every page, or a pooled first stage
-  (``prefetch``) and an exact rerank; ``auto`` picks by the collection's size.
+  ``retrieval`` config. The visual lane: exact MaxSim over every page, or a
+  pooled first stage (``prefetch``) and an exact rerank (``visual`` picks by the
+  collection's size). The text lane: BM25 over each page's text (``text``). Both,
+  fused in one engine query (``hybrid``). ``auto`` is ``visual`` on a collection
+  with the visual lane, ``text`` on a text-only one.
 
 Engine-neutral: the plan is what a :class:`~pipeline.retrieve.store.PageStore`
-``search`` takes. New retrieval modes and lanes (text, hybrid) are planned here;
-the engine-specific query they become lives in each store connector.
+``search`` / ``search_text`` / ``search_hybrid`` takes; the engine-specific
+query it becomes lives in each store connector.
 """
 
 from __future__ import annotations
@@ -22,22 +25,31 @@ from typing import Any, Literal, TypedDict, get_args
 
 from pipeline.config import RetrievalConfig
 from pipeline.errors import QueryError
-from pipeline.types import CollectionSpec, PageFilter
+from pipeline.retrieve.fusion import Fuse
+from pipeline.types import CollectionSpec, Lane, PageFilter
 
 __all__ = [
     "MAX_K",
     "MODES",
     "FilterLike",
     "Mode",
+    "PlannedMode",
     "SearchArgs",
     "SearchOptions",
     "SearchPlan",
+    "VisualMode",
     "parse_filter",
     "plan_search",
 ]
 
-Mode = Literal["exact", "two_stage", "auto"]
+# auto: visual on a collection with the visual lane, text on a text-only one. visual:
+# exact or two_stage by the collection's size. exact / two_stage: the visual lane so.
+# text: the text lane (BM25) alone. hybrid: both lanes fused in one engine query.
+Mode = Literal["auto", "visual", "exact", "two_stage", "text", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
+# What a plan resolves to (auto and visual become one of the others).
+PlannedMode = Literal["exact", "two_stage", "text", "hybrid"]
+VisualMode = Literal["exact", "two_stage"]
 MAX_K = 1000
 FilterLike = PageFilter | Mapping[str, Any] | None
 
@@ -70,7 +82,7 @@ class SearchOptions:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K):
             raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         if self.mode is not None and self.mode not in MODES:
-            raise QueryError(f"mode must be exact, two_stage or auto, got {self.mode!r}")
+            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         parse_filter(self.filter)  # refuse a malformed filter now; resolved at search time
 
     @classmethod
@@ -99,15 +111,39 @@ class SearchOptions:
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """What the store is asked: the top ``k`` by exact MaxSim on the full vectors (``using``
-    None), over every page or over the union of the ``prefetch`` candidates
-    (pooled vector name, candidates per name)."""
+    """What the store is asked for the top ``k`` pages (``filter`` on every lane).
 
-    mode: Literal["exact", "two_stage"]
+    ``mode`` exact / two_stage: the visual lane alone, exact MaxSim on the full
+    vectors (``using`` None) over every page, or over the union of the
+    ``prefetch`` candidates (pooled vector name, candidates per name). ``text``:
+    the text lane alone (BM25). ``hybrid``: both lanes, the visual one searched as
+    ``visual`` says (with its ``prefetch``), each handing its ``lane_k`` best
+    pages to ``fusion``; ``hybrid_visual`` is that visual search (exact or
+    two_stage). :attr:`visual` says it for every mode.
+    """
+
+    mode: PlannedMode
     k: int
     filter: PageFilter | None
     prefetch: tuple[tuple[str, int], ...] = ()
     using: str | None = None
+    hybrid_visual: VisualMode | None = None
+    fusion: Fuse | None = None
+    lane_k: int = 0
+
+    @property
+    def visual(self) -> VisualMode | None:
+        """How the visual lane is searched: exact, two_stage, or None (text mode)."""
+        if self.mode == "exact" or self.mode == "two_stage":
+            return self.mode
+        return self.hybrid_visual
+
+    @property
+    def lanes(self) -> tuple[Lane, ...]:
+        """The lanes this plan searches, visual first."""
+        if self.mode == "hybrid":
+            return ("visual", "text")
+        return ("text",) if self.mode == "text" else ("visual",)
 
 
 def plan_search(
@@ -118,28 +154,69 @@ def plan_search(
 ) -> SearchPlan:
     """The plan for ``options`` on the collection ``spec`` describes.
 
-    ``count_pages`` is called only for ``auto`` on a collection with pooled
-    vectors: two_stage from ``retrieval.two_stage_min_pages`` pages on.
-    Raises :class:`~pipeline.errors.QueryError` for ``two_stage`` on a
-    collection without pooled vectors, naming the fix.
+    ``count_pages`` is called only when the visual lane's search is picked by
+    size (``visual``, ``auto``, ``hybrid``) on a collection with pooled vectors:
+    two_stage from ``retrieval.two_stage_min_pages`` pages on. Raises
+    :class:`~pipeline.errors.QueryError`, naming the fix, for a mode the
+    collection cannot serve: ``two_stage`` without pooled vectors, a text lane
+    search without the text lane, a visual lane search without the visual lane.
     """
     k = retrieval.k if options.k is None else options.k
     chosen = options.mode or retrieval.mode
     flt = options.page_filter()
+    if chosen == "auto":
+        chosen = "visual" if spec.has_visual or not spec.has_text else "text"
+    _check_lanes(chosen, spec)
+    if chosen == "text":
+        return SearchPlan("text", k, flt)
+    lane_k = max(retrieval.lane_k, k)
+    limit = max(retrieval.prefetch_k, lane_k if chosen == "hybrid" else k)
+    visual = _visual_mode(chosen, spec, retrieval, count_pages)
+    prefetch = _prefetch(spec, retrieval, limit) if visual == "two_stage" else ()
+    if chosen != "hybrid":
+        return SearchPlan(visual, k, flt, prefetch)
+    weights = (retrieval.visual_weight, retrieval.text_weight)
+    fusion = Fuse(retrieval.fusion, weights, retrieval.rrf_k)
+    return SearchPlan(
+        "hybrid", k, flt, prefetch, hybrid_visual=visual, fusion=fusion, lane_k=lane_k
+    )
+
+
+def _check_lanes(chosen: str, spec: CollectionSpec) -> None:
+    """Refuse a mode whose lane (or pooled vectors) the collection lacks, naming the fix."""
+    if chosen in ("text", "hybrid") and not spec.has_text:
+        raise QueryError(
+            f"collection {spec.name!r} has no text lane, so {chosen} search is unavailable: "
+            "run `pagerag reindex --text` to add each page's text to it"
+        )
+    if chosen != "text" and not spec.has_visual:
+        raise QueryError(
+            f"collection {spec.name!r} has no visual lane (its pages were stored as text "
+            f"only), so {chosen} search is unavailable: run `pagerag reindex --visual`, "
+            "or search with --mode text"
+        )
     if chosen == "two_stage" and not spec.pooled:
         raise QueryError(
             f"collection {spec.name!r} has no pooled vectors, so two_stage retrieval is "
             "unavailable: run `pagerag reindex --pooled` or search with --mode exact"
         )
-    if chosen == "auto":
-        big = bool(spec.pooled) and count_pages() >= retrieval.two_stage_min_pages
-        chosen = "two_stage" if big else "exact"
-    if chosen == "exact":
-        return SearchPlan("exact", k, flt)
-    limit = max(retrieval.prefetch_k, k)
+
+
+def _visual_mode(
+    chosen: str, spec: CollectionSpec, retrieval: RetrievalConfig, count_pages: Callable[[], int]
+) -> VisualMode:
+    """exact / two_stage as asked; else two_stage on a pooled collection of enough pages."""
+    if chosen in ("exact", "two_stage"):
+        return "exact" if chosen == "exact" else "two_stage"
+    big = bool(spec.pooled) and count_pages() >= retrieval.two_stage_min_pages
+    return "two_stage" if big else "exact"
+
+
+def _prefetch(
+    spec: CollectionSpec, retrieval: RetrievalConfig, limit: int
+) -> tuple[tuple[str, int], ...]:
     names = [name for name in retrieval.prefetch_vectors if name in spec.pooled]
-    prefetch = tuple((name, limit) for name in names or spec.pooled)
-    return SearchPlan("two_stage", k, flt, prefetch)
+    return tuple((name, limit) for name in names or spec.pooled)
 
 
 def parse_filter(value: FilterLike) -> PageFilter | None:

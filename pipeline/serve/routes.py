@@ -66,7 +66,7 @@ def require_key(
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 Svc = Annotated[Service, Depends(service)]
-Mode = Literal["exact", "two_stage", "auto"]
+Mode = Literal["auto", "visual", "exact", "two_stage", "text", "hybrid"]
 
 
 class _Body(BaseModel):
@@ -80,7 +80,11 @@ class SearchRequest(_Body):
         default=None,
         description='{"source": file or folder, "document_id": id or list, <meta key>: value}',
     )
-    mode: Mode | None = Field(default=None, description="exact, two_stage or auto")
+    mode: Mode | None = Field(
+        default=None,
+        description="auto, visual (the page images), exact, two_stage, text (the pages' "
+        "text, BM25) or hybrid (both lanes fused); None: retrieval.mode",
+    )
 
 
 class AskRequest(_Body):

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pipeline.retrieve.display import text_snippet
 from pipeline.retrieve.store import IMAGE_FIELD
 from pipeline.types import Answer, DocumentRecord, PageHit, Usage
 
@@ -34,7 +35,8 @@ def page_image_path(point_id: str) -> str:
 
 
 def hit_to_wire(hit: PageHit) -> dict[str, Any]:
-    """A retrieved page: where it comes from, its score, and where its image is."""
+    """A retrieved page: where it comes from, its score, the lanes that found it (1-based
+    rank in each), the start of its text, and where its image is."""
     payload = {key: value for key, value in hit.payload.items() if key != IMAGE_FIELD}
     return {
         "point_id": hit.point_id,
@@ -46,6 +48,8 @@ def hit_to_wire(hit: PageHit) -> dict[str, Any]:
         "score": hit.score,
         "label": hit.label,
         "meta": dict(payload.get("meta") or {}),
+        "lanes": dict(hit.lanes),
+        "snippet": text_snippet(hit.text),
         "image_url": page_image_path(hit.point_id),
         "payload": payload,
     }
@@ -69,6 +73,7 @@ def hit_from_wire(
         score=float(data["score"]),
         payload=dict(data.get("payload") or {}),
         image_loader=loader,
+        lanes={str(lane): int(rank) for lane, rank in (data.get("lanes") or {}).items()},
     )
 
 

@@ -197,12 +197,19 @@ async function ask(event) {
   }
 }
 
+// "visual #3 · text #1": the lanes that found a hit and its rank in each ("" for none).
+function foundBy(hit) {
+  const lanes = hit.lanes || {};
+  return Object.keys(lanes).sort().reverse().map((lane) => `${lane} #${lanes[lane]}`).join(" · ");
+}
+
 function showSources(hits) {
   const box = $("sources");
   $("sources-title").hidden = hits.length === 0;
   for (const hit of hits) {
     const img = el("img", { alt: hit.label });
-    const button = el("button", { type: "button", className: "thumb", title: `score ${hit.score.toFixed(3)}` },
+    const found = foundBy(hit) ? ` · found by ${foundBy(hit)}` : "";
+    const button = el("button", { type: "button", className: "thumb", title: `score ${hit.score.toFixed(3)}${found}` },
       img, el("span", { textContent: hit.label }));
     button.dataset.pointId = hit.point_id;
     button.addEventListener("click", () => openViewer(hit).catch((e) => showError($("ask-error"), e)));
@@ -224,7 +231,8 @@ let viewer = { page: "", heat: "" };
 async function openViewer(hit) {
   const dialog = $("viewer");
   $("viewer-label").textContent = hit.label;
-  $("viewer-score").textContent = `search score ${hit.score.toFixed(3)}`;
+  const found = foundBy(hit) ? ` · found by ${foundBy(hit)}` : "";
+  $("viewer-score").textContent = `search score ${hit.score.toFixed(3)}${found}`;
   const img = $("viewer-img");
   img.alt = `${hit.label}`;
   for (const url of Object.values(viewer)) if (url) URL.revokeObjectURL(url);
