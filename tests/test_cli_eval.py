@@ -127,29 +127,78 @@ def test_eval_tables_for_people(app: typer.Typer, setup: dict[str, Path]):
     assert "ingest:" not in text  # --no-ingest
 
 
-def test_eval_compare_reports_deltas_and_agreement(app: typer.Typer, setup: dict[str, Path]):
+def test_eval_compare_runs_every_configuration_once_ingested(
+    app: typer.Typer, setup: dict[str, Path]
+):
     result = run(
-        app, "eval", setup["questions"], "--docs", setup["docs"], "--no-ingest",
-        "--compare", "exact:two_stage,prefetch_k=11", "-k", "1,5", "--json",
+        app, "eval", setup["questions"], "--docs", setup["docs"],
+        "--compare", "exact:two_stage,prefetch_k=11:auto", "-k", "1,5", "--json",
         "--config", setup["config"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    comparison = data["comparison"]
+    assert data["baseline"] == "A: exact"
+    a, b, c = data["runs"]
+    assert a["ingest"]["files"]["skipped"] == 1  # ingested (skipped: unchanged) once, by A
+    assert b["ingest"] is None and c["ingest"] is None
+    assert b["retrieval"]["config"]["mode"] == "two_stage"
+    assert b["retrieval"]["config"]["prefetch_k"] == 11
+    assert c["label"] == "C: auto"
+    assert len(data["comparisons"]) == 2
+    comparison = data["comparisons"][0]
     assert comparison["compared"] == 6
     assert comparison["a_config"]["mode"] == "exact"
-    assert comparison["b_config"]["mode"] == "two_stage"
-    assert comparison["b_config"]["prefetch_k"] == 11
     assert set(comparison["overall"]["mrr"]) == {"a", "b", "delta"}
     assert set(comparison["agreement"]) == {"jaccard@1", "jaccard@5", "top1_agree"}
+    for run_data in data["runs"]:  # a paper: every gold page has a text layer
+        by_text = run_data["retrieval"]["by_gold_text"]
+        assert (by_text["without text"]["count"], by_text["with text"]["count"]) == (0, 5)
+        assert run_data["retrieval"]["lanes"] is None  # no run fused the lanes
 
     table = run(
         app, "eval", setup["questions"], "--docs", setup["docs"], "--no-ingest",
-        "--compare", "exact:two_stage", "--config", setup["config"],
+        "--compare", "exact:two_stage", "--per-question", "--config", setup["config"],
     )  # fmt: skip
     assert table.exit_code == 0, table.output
-    assert "top-1 agree" in table.stdout
-    assert "B−A" in table.stdout
+    for expected in ("A: exact", "B: two_stage", "top-1 agree with A", "first gold page",
+                     "mmlb-0284", "B: two_stage: 6 questions searched"):  # fmt: skip
+        assert expected in table.stdout, expected
+
+
+def test_eval_compare_visual_text_hybrid_reports_lanes(app: typer.Typer, setup: dict[str, Path]):
+    result = run(
+        app, "eval", setup["questions"], "--docs", setup["docs"], "--no-ingest",
+        "--compare", "visual:text:hybrid", "-k", "1,5", "--json", "--config", setup["config"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    visual, text, hybrid = (r["retrieval"] for r in json.loads(result.stdout)["runs"])
+    assert visual["config"]["mode"] == "visual->exact"
+    assert (text["config"]["mode"], text["config"]["model"]) == ("text", None)  # no model
+    assert hybrid["config"]["mode"] == "hybrid"
+    assert hybrid["config"]["lanes"] == "visual+text"
+    assert visual["lanes"] is None and text["lanes"] is None
+    lanes = hybrid["lanes"]
+    assert lanes["count"] == 5
+    for k in (1, 5):  # every fused hit came from somewhere
+        shares = lanes[f"hit@{k}"]
+        assert set(shares) == {"visual_only", "text_only", "both", "fusion_only"}
+        assert sum(shares.values()) == pytest.approx(hybrid["overall"][f"hit@{k}"], abs=1e-5)
+
+    table = run(
+        app, "eval", setup["questions"], "--docs", setup["docs"], "--no-ingest",
+        "--compare", "visual:text:hybrid", "--config", setup["config"],
+    )  # fmt: skip
+    assert table.exit_code == 0, table.output
+    for expected in ("A: visual", "B: text", "C: hybrid", "by lane: visual/text/both/fusion",
+                     "gold pages without text (n=0)"):  # fmt: skip
+        assert expected in table.stdout, expected
+    single = run(
+        app, "eval", setup["questions"], "--docs", setup["docs"], "--no-ingest", "--mode",
+        "hybrid", "--config", setup["config"],
+    )  # fmt: skip
+    assert single.exit_code == 0, single.output
+    assert "Where the hits came from" in single.stdout
+    assert "gold pages: with text" in single.stdout
 
 
 def test_eval_refuses_a_gold_page_beyond_the_document(app: typer.Typer, setup: dict[str, Path]):
@@ -192,7 +241,8 @@ def test_eval_warns_when_the_gold_pages_look_0_based(app: typer.Typer, setup: di
 def test_eval_usage_errors_exit_2(app: typer.Typer, setup: dict[str, Path]):
     base = ["eval", setup["questions"], "--docs", setup["docs"], "--config", setup["config"]]
     assert_clean_error(run(app, *base, "-k", "x"), 2, "whole numbers")
-    assert_clean_error(run(app, *base, "--compare", "exact"), 2, "A:B")
+    assert_clean_error(run(app, *base, "--compare", "exact"), 2, "A:B[:C…]")
+    assert_clean_error(run(app, *base, "--compare", "exact::text"), 2, "A:B[:C…]")
     assert_clean_error(run(app, *base, "--compare", "exact:fast"), 2, "bad run configuration")
     assert_clean_error(run(app, *base, "--compare", "exact:two_stage", "--mode", "exact"), 2)
     assert_clean_error(run(app, *base, "--mode", "fast"), 2, "mode must be one of")

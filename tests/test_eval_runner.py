@@ -574,32 +574,44 @@ def test_qa_subset_runs_end_to_end_on_the_stand_in_model(
     assert {q.id: q.retrieved for q in again.retrieval.questions} == first  # deterministic
 
 
-def test_comparison_of_exact_and_two_stage(
+def test_comparison_of_three_runs_ingests_once_and_compares_with_the_first(
     tiny_rag: PageRAG, subset: tuple[Path, list[dict[str, Any]]], corpus: Path
 ) -> None:
     path, rows = subset
     compared = run_comparison(
-        tiny_rag, path, "exact", "two_stage,prefetch_k=12", docs_dir=corpus / "qa", ks=(1, 5)
-    )
-    comparison = compared.comparison
-    assert compared.a.retrieval.config["mode"] == "exact"
-    assert compared.b.retrieval.config["mode"] == "two_stage"
-    assert compared.b.retrieval.config["prefetch_k"] == 12
-    assert compared.a.label == "A: exact"
-    assert compared.b.label == "B: two_stage,prefetch_k=12"
+        tiny_rag, path, "exact", "two_stage,prefetch_k=12", "exact",
+        docs_dir=corpus / "qa", ks=(1, 5),
+    )  # fmt: skip
+    a, b, c = compared.runs
+    assert a.ingest is not None and b.ingest is None and c.ingest is None  # one ingest
+    assert a.retrieval.config["mode"] == "exact"
+    assert b.retrieval.config["mode"] == "two_stage"
+    assert b.retrieval.config["prefetch_k"] == 12
+    assert [r.label for r in compared.runs] == [
+        "A: exact",
+        "B: two_stage,prefetch_k=12",
+        "C: exact",
+    ]
+    comparison, same = compared.comparisons
     assert len(comparison.questions) == len(rows)  # unanswerable ones agree or not, too
     names = ["recall@1", "recall@5", "hit@1", "hit@5", "ndcg@1", "ndcg@5", "mrr"]
     assert list(comparison.overall) == names
     for name, delta in comparison.overall.items():
-        assert delta.a == pytest.approx(compared.a.retrieval.overall.means[name])
+        assert delta.a == pytest.approx(a.retrieval.overall.means[name])
         assert delta.delta == pytest.approx(delta.b - delta.a)
-        scored = compared.a.retrieval.overall.count
+        scored = a.retrieval.overall.count
         assert comparison.better[name] + comparison.worse[name] <= scored
     assert set(comparison.agreement) == {"jaccard@1", "jaccard@5", "top1_agree"}
     assert_in_unit_range(dict(comparison.agreement))
+    # C is A again: no difference, full agreement
+    assert all(d.delta == 0 for d in same.overall.values())
+    assert same.agreement == {"jaccard@1": 1.0, "jaccard@5": 1.0, "top1_agree": 1.0}
     data = json.loads(json.dumps(compared.to_dict()))
-    assert data["comparison"]["compared"] == len(rows)
-    assert data["a"]["questions_file"] == str(path)
+    assert data["baseline"] == "A: exact"
+    assert [c["compared"] for c in data["comparisons"]] == [len(rows), len(rows)]
+    assert data["runs"][0]["questions_file"] == str(path)
+    with pytest.raises(ConfigError, match="2 to 26"):
+        run_comparison(tiny_rag, path, "exact", docs_dir=corpus / "qa")
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ import pytest
 
 from pipeline.errors import ConfigError, EvidencePageError
 from pipeline.evaluate.metrics import (
+    GOLD_WITH_TEXT,
+    GOLD_WITHOUT_TEXT,
     QAItem,
     answer_table,
     compare_runs,
@@ -21,10 +23,12 @@ from pipeline.evaluate.metrics import (
     hit_at_k,
     is_declined,
     jaccard,
+    lane_table,
     load_questions,
     ndcg_at_k,
     normalize_answer,
     page_shift_warning,
+    question_ranks_table,
     recall_at_k,
     reciprocal_rank,
     render_text,
@@ -304,10 +308,11 @@ def test_compare_runs_deltas_and_agreement(fixture_items):
     data = json.loads(json.dumps(cmp.to_dict()))
     assert data["overall"]["mrr"]["delta"] == 0.0
     assert data["compared"] == 5
-    text = render_text(comparison_table(cmp))
+    text = render_text(comparison_table([a, b], [cmp]))
     assert "MRR" in text
-    assert "top-1 agree" in text
+    assert "top-1 agree with A" in text
     assert "two_stage" in text
+    assert "1/1" in text  # MRR: better on q2, worse on q1
 
 
 def test_compare_runs_deltas_nonzero(fixture_items):
@@ -323,6 +328,102 @@ def test_compare_runs_deltas_nonzero(fixture_items):
     assert cmp.overall["mrr"].b == pytest.approx(2.5 / 3)
     assert cmp.better["mrr"] == 1
     assert cmp.worse["mrr"] == 0
+
+
+# ------------------------------------------------------ lanes and text layers
+
+# Five scored questions (gold: a.pdf p1) and an unanswerable one, as a hybrid run saw
+# them: each retrieved page with its rank in each lane that found it.
+LANED: dict[str, list[tuple[tuple[str, int], dict[str, int]]]] = {
+    "q1": [(("a.pdf", 1), {"visual": 1, "text": 1})],  # both lanes had it first
+    "q2": [(("a.pdf", 1), {"visual": 1})],  # the visual lane alone
+    "q3": [(("a.pdf", 2), {"visual": 1}), (("a.pdf", 1), {"text": 1, "visual": 9})],  # text, @3
+    "q4": [(("a.pdf", 1), {"visual": 4, "text": 5})],  # neither lane's top 3: fusion lifted it
+    "q5": [(("a.pdf", 2), {"visual": 1})],  # missed
+    "q6": [(("a.pdf", 3), {"text": 1})],  # unanswerable: not scored
+}
+
+
+def _laned_items() -> list[QAItem]:
+    items = [_item(f"q{i}", "a.pdf", [1]) for i in range(1, 6)]
+    return [*items, _item("q6", "a.pdf", [], answerable=False)]
+
+
+def _hybrid_report(**kw: Any) -> Any:
+    return evaluate_retrieval(
+        _laned_items(),
+        {q: [key for key, _ in hits] for q, hits in LANED.items()},
+        ks=(1, 3),
+        lane_ranks={q: [lanes for _, lanes in hits] for q, hits in LANED.items()},
+        **kw,
+    )
+
+
+def test_lane_attribution_says_which_lane_brought_each_hit():
+    report = _hybrid_report(config={"mode": "hybrid"})
+    assert report.lanes is not None
+    assert report.lanes.count == 5
+    at1, at3 = report.lanes.shares[1], report.lanes.shares[3]
+    assert at1 == {"visual_only": 0.2, "text_only": 0.0, "both": 0.2, "fusion_only": 0.2}
+    assert at3 == {"visual_only": 0.2, "text_only": 0.2, "both": 0.2, "fusion_only": 0.2}
+    for k, shares in report.lanes.shares.items():  # the origins add up to hit@k
+        assert sum(shares.values()) == pytest.approx(report.overall.means[f"hit@{k}"])
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["lanes"]["hit@3"]["text_only"] == 0.2
+    assert data["lanes"]["count"] == 5
+    text = render_text(lane_table(report))
+    assert "fusion only" in text and "0.800" in text  # hit@3
+    # A run without lane ranks (not fused) has no attribution.
+    assert evaluate_retrieval(_laned_items(), {q: [] for q in LANED}, ks=(1,)).lanes is None
+
+
+def test_questions_whose_gold_pages_have_no_text_are_a_group():
+    # q1's gold page has text; q2's and q3's do not; q4, q5 unknown (no text lane there);
+    # q6 is not scored, whatever its pages.
+    known = {"q1": True, "q2": False, "q3": False, "q6": False}
+    report = _hybrid_report(gold_has_text=known)
+    without, with_text = report.by_gold_text[GOLD_WITHOUT_TEXT], report.by_gold_text[GOLD_WITH_TEXT]
+    assert (without.count, with_text.count) == (2, 1)
+    assert without.means["hit@1"] == 0.5  # q2 found, q3 not at 1
+    assert without.means["hit@3"] == 1.0
+    assert with_text.means["mrr"] == 1.0
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["by_gold_text"][GOLD_WITHOUT_TEXT]["count"] == 2
+    assert "gold pages: without text" in render_text(retrieval_table(report))
+    # Unknown for every question: no groups at all, rather than two empty ones.
+    assert _hybrid_report().by_gold_text == {}
+    assert _hybrid_report().to_dict()["by_gold_text"] == {}
+
+
+def test_comparison_table_has_a_column_per_run_and_the_lane_and_text_sections():
+    items, known = _laned_items(), {"q1": True, "q2": False, "q3": False}
+    visual = evaluate_retrieval(
+        items, {q: [("a.pdf", 1)] for q in LANED}, ks=(1, 3), gold_has_text=known,
+        config={"mode": "exact"},
+    )  # fmt: skip
+    text_lane = evaluate_retrieval(
+        items, {q: [("a.pdf", 2)] for q in LANED}, ks=(1, 3), gold_has_text=known,
+        config={"mode": "text"},
+    )  # fmt: skip
+    hybrid = _hybrid_report(gold_has_text=known, config={"mode": "hybrid"})
+    reports = [visual, text_lane, hybrid]
+    comparisons = [compare_runs(visual, r) for r in reports[1:]]
+    labels = ["A: visual", "B: text", "C: hybrid"]
+    text = render_text(comparison_table(reports, comparisons, labels=labels), width=200)
+    for expected in (
+        "A: visual", "B: text", "C: hybrid",  # one column per run
+        "0.000 -1.000",  # B's Hit@1, its difference from A
+        "Hit@1, gold pages without text (n=2)",
+        "Hit@3 by lane: visual/text/both/fusion only", "0.20/0.20/0.20/0.20",
+        "top-1 agree with A", "top-k Jaccard@3 with A",
+        "questions better/worse than A on MRR", "0/5", "0/2",
+        "A: mode=exact", "C: mode=hybrid",  # the captions
+    ):  # fmt: skip
+        assert expected in text, (expected, text)
+    ranks = render_text(question_ranks_table(reports, labels=labels), width=200)
+    q3 = next(line for line in ranks.splitlines() if " q3 " in line)
+    assert [c.strip() for c in q3.split("│")[-4:-1]] == ["1", "-", "2"]  # first gold per run
+    assert "(unanswerable)" in ranks
 
 
 def test_jaccard():

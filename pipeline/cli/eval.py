@@ -16,12 +16,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import ConfigOpt, JsonOpt, err, error_line, fail, make_rag, out
+from pipeline.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    ModeOpt,
+    err,
+    error_line,
+    fail,
+    make_rag,
+    out,
+)
 from pipeline.errors import PageRAGError
 
 if TYPE_CHECKING:
     from pipeline.evaluate.explain import MapKind
-    from pipeline.evaluate.runner import ComparisonResult, EvalProgress, EvalResult, Mode, Scope
+    from pipeline.evaluate.runner import ComparisonResult, EvalProgress, EvalResult, Mode
 
 __all__ = ["register"]
 
@@ -38,149 +47,139 @@ def register(app: typer.Typer) -> None:
 # --------------------------------------------------------------------- eval
 
 
+_Questions = Annotated[
+    Path,
+    typer.Argument(
+        help="QA set, one JSON object per line: question, doc, evidence_pages (1-based), "
+        "optional id, answer, answerable, category, evidence_sources, answer_format "
+        "(see docs/evaluation.md).",
+        show_default=False,
+    ),
+]
+_Docs = Annotated[
+    Path | None,
+    typer.Option(
+        "--docs",
+        help="Folder the questions' doc paths are relative to (default: the questions "
+        "file's folder).",
+        show_default=False,
+    ),
+]
+_Ks = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-k",
+        "--k",
+        metavar="K[,K…]",
+        help="Cut-offs for recall@k, hit@k and nDCG@k: repeat or comma-separate "
+        "(default 1,3,5,10).",
+        show_default=False,
+    ),
+]
+_Scope = Annotated[
+    str,
+    typer.Option(
+        help="document: search each question's own document (MMLongBench-Doc's setting); "
+        "collection: search everything ingested."
+    ),
+]
+_Compare = Annotated[
+    str | None,
+    typer.Option(
+        metavar="A:B[:C…]",
+        help="Compare configurations, each MODE[,KEY=VALUE…] of retrieval.*, in one run "
+        "(ingested once): e.g. visual:text:hybrid or "
+        "two_stage,prefetch_k=50:two_stage,prefetch_k=400.",
+        show_default=False,
+    ),
+]
+_Ingest = Annotated[
+    bool,
+    typer.Option(
+        "--ingest/--no-ingest",
+        help="Ingest the documents first (unchanged files are skipped), or use the "
+        "collection as it is.",
+    ),
+]
+_Answers = Annotated[
+    bool,
+    typer.Option("--answers", help="Also have the VLM answer and score the answers (needs a VLM)."),
+]
+_AnswerK = Annotated[
+    int | None, typer.Option(help="Pages shown to the VLM (default retrieval.k).", min=1)
+]
+_PerQuestion = Annotated[
+    bool, typer.Option("--per-question", help="Show (or include in JSON) every question's result.")
+]
+_SkipMissing = Annotated[
+    bool,
+    typer.Option(
+        "--skip-missing", help="Leave out questions whose document is missing instead of stopping."
+    ),
+]
+_Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
 def eval_command(
-    questions: Annotated[
-        Path,
-        typer.Argument(
-            help="QA set, one JSON object per line: question, doc, evidence_pages (1-based), "
-            "optional id, answer, answerable, category, evidence_sources, answer_format "
-            "(see docs/evaluation.md).",
-            show_default=False,
-        ),
-    ],
-    docs: Annotated[
-        Path | None,
-        typer.Option(
-            "--docs",
-            help="Folder the questions' doc paths are relative to (default: the questions "
-            "file's folder).",
-            show_default=False,
-        ),
-    ] = None,
-    k: Annotated[
-        list[str] | None,
-        typer.Option(
-            "-k",
-            "--k",
-            metavar="K[,K…]",
-            help="Cut-offs for recall@k, hit@k and nDCG@k: repeat or comma-separate "
-            "(default 1,3,5,10).",
-            show_default=False,
-        ),
-    ] = None,
-    mode: Annotated[
-        str | None,
-        typer.Option(help="exact, two_stage or auto (default: retrieval.mode)."),
-    ] = None,
-    scope: Annotated[
-        str,
-        typer.Option(
-            help="document: search each question's own document (MMLongBench-Doc's setting); "
-            "collection: search everything ingested."
-        ),
-    ] = "document",
-    compare: Annotated[
-        str | None,
-        typer.Option(
-            metavar="A:B",
-            help="Compare two configurations A:B, each MODE[,KEY=VALUE…] of retrieval.* — e.g. "
-            "exact:two_stage or two_stage,prefetch_k=50:two_stage,prefetch_k=400.",
-            show_default=False,
-        ),
-    ] = None,
-    ingest: Annotated[
-        bool,
-        typer.Option(
-            "--ingest/--no-ingest",
-            help="Ingest the documents first (unchanged files are skipped), or use the "
-            "collection as it is.",
-        ),
-    ] = True,
-    answers: Annotated[
-        bool,
-        typer.Option(
-            "--answers", help="Also have the VLM answer and score the answers (needs a VLM)."
-        ),
-    ] = False,
-    answer_k: Annotated[
-        int | None,
-        typer.Option(help="Pages shown to the VLM (default retrieval.k).", min=1),
-    ] = None,
-    per_question: Annotated[
-        bool,
-        typer.Option("--per-question", help="Show (or include in JSON) every question's result."),
-    ] = False,
-    skip_missing: Annotated[
-        bool,
-        typer.Option(
-            "--skip-missing",
-            help="Leave out questions whose document is missing instead of stopping.",
-        ),
-    ] = False,
+    questions: _Questions,
+    docs: _Docs = None,
+    k: _Ks = None,
+    mode: ModeOpt = None,
+    scope: _Scope = "document",
+    compare: _Compare = None,
+    ingest: _Ingest = True,
+    answers: _Answers = False,
+    answer_k: _AnswerK = None,
+    per_question: _PerQuestion = False,
+    skip_missing: _SkipMissing = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: _Quiet = False,
 ) -> None:
     """Measure page retrieval on a QA set: recall@k, hit@k, nDCG@k, MRR, overall and per category.
 
     Ingests the questions' documents (or uses the existing collection with --no-ingest), runs
-    every question, and prints the metrics with the configuration evaluated. A gold page past
-    the end of its document is an error naming the line. --answers scores
-    the VLM's answers too (exact / normalised match; declining unanswerable questions) with
-    its token usage. --compare runs the questions under two configurations and reports the
-    metric deltas and how much their top-k pages agree.
+    every question, and prints the metrics with the configuration evaluated, and hit@k on the
+    questions whose gold pages have no text layer. A gold page past the end of its document
+    is an error naming the line. --answers scores the VLM's answers too (exact / normalised
+    match; declining unanswerable questions) with its token usage. --compare runs the
+    questions under several configurations (e.g. visual:text:hybrid) and reports each
+    metric per configuration, its difference from the first, and where hybrid's hits came
+    from (visual lane, text lane, both, or the fusion alone).
     """
-    from pipeline.evaluate.runner import RunConfig, run_comparison, run_eval
+    from pipeline.evaluate.runner import ComparisonResult, run_comparison, run_eval
 
     ks = _parse_ks(k)
-    if compare is not None and (mode is not None or answers):
-        raise typer.BadParameter(
-            "--compare sets the mode of each side and scores retrieval only: "
-            "leave out --mode and --answers",
-            param_hint="--compare",
-        )
-    sides = _parse_compare(compare) if compare is not None else None
+    configs = _parse_compare(compare, mode=mode, answers=answers)
     rag = make_rag(config)
     show = not quiet and not json_out and err.is_terminal
+    common: dict[str, Any] = {"docs_dir": docs, "ks": ks, "scope": scope, "ingest": ingest}
     result: EvalResult | ComparisonResult
     try:
         with rag, _Bar(err, enabled=show) as bar:
-            if sides is not None:
-                result = run_comparison(
-                    rag,
-                    questions,
-                    RunConfig.parse(sides[0]),
-                    RunConfig.parse(sides[1]),
-                    docs_dir=docs,
-                    ks=ks,
-                    scope=cast("Scope", scope),
-                    ingest=ingest,
-                    skip_missing=skip_missing,
-                    progress=bar.update if show else None,
-                )
+            common |= {"skip_missing": skip_missing, "progress": bar.update if show else None}
+            if configs:
+                result = run_comparison(rag, questions, *configs, **common)
             else:
                 result = run_eval(
                     rag,
                     questions,
-                    docs_dir=docs,
-                    ks=ks,
                     mode=cast("Mode | None", mode),
-                    scope=cast("Scope", scope),
                     answer=answers,
                     answer_k=answer_k,
-                    ingest=ingest,
-                    skip_missing=skip_missing,
-                    progress=bar.update if show else None,
+                    **common,
                 )
     except PageRAGError as exc:
         fail(exc)
-    _print_warnings(err, result)
+    runs = result.runs if isinstance(result, ComparisonResult) else (result,)
+    for warning in dict.fromkeys(w for run in runs for w in run.warnings):
+        err.print(error_line(warning, "warning:", "bold yellow"), highlight=False)
     if json_out:
         out.print_json(json.dumps(result.to_dict(per_question=per_question)))
-    elif hasattr(result, "comparison"):
-        _print_comparison(out, cast("ComparisonResult", result), per_question=per_question)
+    elif isinstance(result, ComparisonResult):
+        _print_comparison(out, result, per_question=per_question)
     else:
-        _print_eval(out, cast("EvalResult", result), per_question=per_question)
+        _print_eval(out, result, per_question=per_question)
 
 
 def _parse_ks(values: list[str] | None) -> tuple[int, ...]:
@@ -203,13 +202,22 @@ def _parse_ks(values: list[str] | None) -> tuple[int, ...]:
     return tuple(sorted(set(ks)))
 
 
-def _parse_compare(value: str) -> tuple[str, str]:
-    a, sep, b = value.partition(":")
-    if not sep or not a.strip() or not b.strip():
+def _parse_compare(value: str | None, *, mode: str | None, answers: bool) -> list[str]:
+    """The configurations of ``--compare A:B[:C…]`` (none without it)."""
+    if value is None:
+        return []
+    if mode is not None or answers:
         raise typer.BadParameter(
-            f"expected A:B, e.g. exact:two_stage, got {value!r}", param_hint="--compare"
+            "--compare sets the mode of each configuration and scores retrieval only: "
+            "leave out --mode and --answers",
+            param_hint="--compare",
         )
-    return a.strip(), b.strip()
+    configs = [part.strip() for part in value.split(":")]
+    if len(configs) < 2 or not all(configs):
+        raise typer.BadParameter(
+            f"expected A:B[:C…], e.g. visual:text:hybrid, got {value!r}", param_hint="--compare"
+        )
+    return configs
 
 
 class _Bar:
@@ -264,17 +272,6 @@ class _Bar:
             self._bar.__exit__(*exc)
 
 
-def _print_warnings(err: Any, result: EvalResult | ComparisonResult) -> None:
-    """Doubts about the QA set (gold pages never stored, 0-based pages) on stderr, once each."""
-    if hasattr(result, "comparison"):
-        compared = cast("ComparisonResult", result)
-        runs = [compared.a, compared.b]
-    else:
-        runs = [cast("EvalResult", result)]
-    for warning in dict.fromkeys(w for run in runs for w in run.warnings):
-        err.print(error_line(warning, "warning:", "bold yellow"), highlight=False)
-
-
 def _summary(result: EvalResult) -> str:
     report = result.retrieval
     excluded = ", ".join(f"{n} {why}" for why, n in report.excluded.items() if n)
@@ -307,9 +304,11 @@ def _table(out: Any, table: Table) -> None:
 
 
 def _print_eval(out: Any, result: EvalResult, *, per_question: bool) -> None:
-    from pipeline.evaluate.metrics import answer_table, retrieval_table
+    from pipeline.evaluate.metrics import answer_table, lane_table, retrieval_table
 
     _table(out, retrieval_table(result.retrieval))
+    if result.retrieval.lanes is not None:
+        _table(out, lane_table(result.retrieval))
     if per_question:
         _table(out, _question_table(result))
     if result.answers is not None:
@@ -318,23 +317,14 @@ def _print_eval(out: Any, result: EvalResult, *, per_question: bool) -> None:
 
 
 def _print_comparison(out: Any, result: ComparisonResult, *, per_question: bool) -> None:
-    from pipeline.evaluate.metrics import comparison_table, retrieval_table
+    from pipeline.evaluate.metrics import comparison_table, question_ranks_table
 
-    for run in (result.a, result.b):
-        _table(out, retrieval_table(run.retrieval, title=f"Page retrieval, {run.label}"))
-    _table(out, comparison_table(result.comparison, title=f"{result.b.label} vs {result.a.label}"))
+    reports = [run.retrieval for run in result.runs]
+    labels = [run.label for run in result.runs]
+    _table(out, comparison_table(reports, result.comparisons, labels=labels))
     if per_question:
-        table = Table(title="agreement per question")
-        for column in ("id", "top-1 agree", *(f"Jaccard@{k}" for k in result.comparison.ks)):
-            table.add_column(column, justify="left" if column == "id" else "right")
-        for q in result.comparison.questions:
-            table.add_row(
-                q.id,
-                "yes" if q.top1_agree else "no",
-                *(f"{q.jaccard[k]:.2f}" for k in result.comparison.ks),
-            )
-        _table(out, table)
-    for run in (result.a, result.b):
+        _table(out, question_ranks_table(reports, labels=labels))
+    for run in result.runs:
         out.print(f"{run.label}: {_summary(run)}", highlight=False)
 
 

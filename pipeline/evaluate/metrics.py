@@ -54,8 +54,13 @@ from pipeline.types import Usage
 
 __all__ = [
     "DEFAULT_KS",
+    "GOLD_WITHOUT_TEXT",
+    "GOLD_WITH_TEXT",
+    "HIT_ORIGINS",
     "AnswerReport",
     "AnswerResult",
+    "LaneAttribution",
+    "LaneRanks",
     "MetricDelta",
     "MetricSummary",
     "PageKey",
@@ -74,11 +79,14 @@ __all__ = [
     "hit_at_k",
     "is_declined",
     "jaccard",
+    "lane_attribution",
+    "lane_table",
     "load_questions",
     "metric_names",
     "ndcg_at_k",
     "normalize_answer",
     "page_shift_warning",
+    "question_ranks_table",
     "recall_at_k",
     "reciprocal_rank",
     "render_text",
@@ -91,6 +99,13 @@ DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10)
 
 PageKey = tuple[str, int]
 T = TypeVar("T", bound=Hashable)
+# A retrieved page's 1-based rank in each lane that found it (``PageHit.lanes``).
+LaneRanks = Mapping[str, int]
+# How a fused run's gold hit came about (:class:`LaneAttribution`).
+HIT_ORIGINS: tuple[str, ...] = ("visual_only", "text_only", "both", "fusion_only")
+# The groups of ``RetrievalReport.by_gold_text``.
+GOLD_WITHOUT_TEXT = "without text"
+GOLD_WITH_TEXT = "with text"
 
 
 # ---------------------------------------------------------------- questions
@@ -397,13 +412,87 @@ class QuestionRetrieval:
 
 
 @dataclass(frozen=True)
+class LaneAttribution:
+    """Where a fused (hybrid) run's gold hits came from, for each k.
+
+    A scored question with a gold page in the fused top k counts under one
+    origin: ``both`` when the gold pages there include one the visual lane
+    ranked within its own top k and one the text lane did (the same page or
+    two), ``visual_only`` / ``text_only`` when only that lane did, and
+    ``fusion_only`` when neither lane had it in its own top k and fusing the
+    two lifted it there. ``shares[k]`` holds each origin's share of the
+    ``count`` scored questions; the four add up to the run's ``hit@k``.
+    """
+
+    count: int
+    shares: Mapping[int, Mapping[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            **{
+                f"hit@{k}": {o: round(v, 6) for o, v in by_origin.items()}
+                for k, by_origin in self.shares.items()
+            },
+        }
+
+
+def _hit_origin(
+    ranked: Sequence[PageKey], lanes: Sequence[LaneRanks], relevant: Collection[PageKey], k: int
+) -> str | None:
+    found = visual = text = False
+    for key, ranks in zip(ranked[:k], lanes[:k], strict=False):
+        if key in relevant:
+            found = True
+            visual |= ranks.get("visual", k + 1) <= k
+            text |= ranks.get("text", k + 1) <= k
+    if not found:
+        return None
+    if visual and text:
+        return "both"
+    return "visual_only" if visual else "text_only" if text else "fusion_only"
+
+
+def lane_attribution(
+    questions: Sequence[QuestionRetrieval],
+    lane_ranks: Mapping[str, Sequence[LaneRanks]],
+    ks: Sequence[int],
+) -> LaneAttribution:
+    """:class:`LaneAttribution` of the scored ``questions``; ``lane_ranks`` maps a question
+    id to the lane ranks of its retrieved pages, in ranking order (``PageHit.lanes``)."""
+    scored = [q for q in questions if q.metrics is not None]
+    shares: dict[int, dict[str, float]] = {}
+    for k in ks:
+        counts = dict.fromkeys(HIT_ORIGINS, 0)
+        for q in scored:
+            origin = _hit_origin(q.retrieved, lane_ranks.get(q.id, ()), frozenset(q.relevant), k)
+            if origin is not None:
+                counts[origin] += 1
+        shares[k] = {o: n / len(scored) if scored else 0.0 for o, n in counts.items()}
+    return LaneAttribution(len(scored), shares)
+
+
+def _gold_text_groups(
+    questions: Sequence[QuestionRetrieval], gold_has_text: Mapping[str, bool], names: Sequence[str]
+) -> dict[str, MetricSummary]:
+    groups: dict[str, list[Mapping[str, float]]] = {GOLD_WITHOUT_TEXT: [], GOLD_WITH_TEXT: []}
+    for q in questions:
+        if q.metrics is not None and q.id in gold_has_text:
+            groups[GOLD_WITH_TEXT if gold_has_text[q.id] else GOLD_WITHOUT_TEXT].append(q.metrics)
+    return {g: _summarise(rows, names) for g, rows in groups.items()}
+
+
+@dataclass(frozen=True)
 class RetrievalReport:
     """Retrieval quality of one run: overall, per category and per evidence source.
 
     ``config`` is whatever describes the run (model, retrieval mode, pooling,
     storage dtype …); it is reported verbatim so results stay attributable.
     ``warnings`` are doubts about the QA set the rankings raise (see
-    :func:`page_shift_warning`).
+    :func:`page_shift_warning`). ``by_gold_text`` splits the scored questions
+    by whether any gold page has a text layer (``GOLD_WITHOUT_TEXT``: only the
+    visual lane can find them), when that is known; ``lanes`` says where a
+    fused run's hits came from.
     """
 
     config: Mapping[str, Any]
@@ -414,6 +503,8 @@ class RetrievalReport:
     excluded: Mapping[str, int]
     questions: tuple[QuestionRetrieval, ...]
     warnings: tuple[str, ...] = ()
+    by_gold_text: Mapping[str, MetricSummary] = field(default_factory=dict)
+    lanes: LaneAttribution | None = None
 
     @property
     def metric_names(self) -> list[str]:
@@ -429,6 +520,8 @@ class RetrievalReport:
             "overall": self.overall.to_dict(),
             "by_category": {k: v.to_dict() for k, v in self.by_category.items()},
             "by_evidence_source": {k: v.to_dict() for k, v in self.by_source.items()},
+            "by_gold_text": {k: v.to_dict() for k, v in self.by_gold_text.items()},
+            "lanes": None if self.lanes is None else self.lanes.to_dict(),
             "warnings": list(self.warnings),
         }
         if per_question:
@@ -449,6 +542,8 @@ def evaluate_retrieval(
     ks: Sequence[int] = DEFAULT_KS,
     config: Mapping[str, Any] | None = None,
     doc_key: Callable[[str], str] = default_doc_key,
+    gold_has_text: Mapping[str, bool] | None = None,
+    lane_ranks: Mapping[str, Sequence[LaneRanks]] | None = None,
 ) -> RetrievalReport:
     """Score each question's ranking and aggregate.
 
@@ -458,6 +553,10 @@ def evaluate_retrieval(
     subset of ``items``). Raises ``ValueError`` when two different documents
     of the set share a key, since pages could then be credited to the wrong
     document: pass a ``doc_key`` that tells them apart.
+
+    ``gold_has_text`` (question id → whether any of its gold pages has a text
+    layer; unknown ids left out) fills ``by_gold_text``; ``lane_ranks`` (a
+    fused run's ``PageHit.lanes`` per retrieved page) fills ``lanes``.
     """
     ks = tuple(sorted(set(ks)))
     if not ks:
@@ -517,6 +616,8 @@ def evaluate_retrieval(
         excluded=excluded,
         questions=tuple(results),
         warnings=(shift,) if shift else (),
+        by_gold_text=_gold_text_groups(results, gold_has_text, names) if gold_has_text else {},
+        lanes=None if lane_ranks is None else lane_attribution(results, lane_ranks, ks),
     )
 
 
@@ -1073,7 +1174,12 @@ def retrieval_table(report: RetrievalReport, *, title: str = "Page retrieval") -
         table.add_row(label, str(summary.count), *cells, style=style)
 
     row("overall", report.overall, style="bold")
-    for heading, groups in (("category", report.by_category), ("source", report.by_source)):
+    sections = (
+        ("category", report.by_category),
+        ("source", report.by_source),
+        ("gold pages", report.by_gold_text),
+    )
+    for heading, groups in sections:
         if groups:
             table.add_section()
             for label, summary in groups.items():
@@ -1081,33 +1187,136 @@ def retrieval_table(report: RetrievalReport, *, title: str = "Page retrieval") -
     return table
 
 
-def comparison_table(comparison: RunComparison, *, title: str = "A vs B") -> Table:
-    """Overall metric of A and B with the delta, then the agreement figures."""
-    caption_parts = []
-    for side, config in (("A", comparison.a_config), ("B", comparison.b_config)):
-        text = _config_caption(config)
-        if text:
-            caption_parts.append(f"{side}: {text}")
-    table = Table(title=title, caption="\n".join(caption_parts) or None)
-    for col in ("metric", "A", "B", "B−A", "B better", "B worse"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for name, d in comparison.overall.items():
-        colour = "green" if d.delta > 1e-9 else "red" if d.delta < -1e-9 else None
-        delta = Text(f"{d.delta:+.3f}", style=colour or "")
-        table.add_row(
+def _letter(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else str(i + 1)
+
+
+def _delta_text(value: float, delta: float | None) -> Text:
+    text = Text(f"{value:.3f}")
+    if delta is not None:
+        colour = "green" if delta > 1e-9 else "red" if delta < -1e-9 else ""
+        text.append(" ")
+        text.append(f"{delta:+.3f}", style=colour)
+    return text
+
+
+def comparison_table(
+    reports: Sequence[RetrievalReport],
+    comparisons: Sequence[RunComparison] = (),
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "Compared runs",
+) -> Table:
+    """One column per run (labelled A, B, … unless ``labels``), one row per overall metric.
+
+    ``comparisons[i]`` is run ``i + 1`` against the first (:func:`compare_runs`):
+    later columns show each metric's difference from the first, and a last
+    section how much the runs agree with it. Between them: the metrics on the
+    questions whose gold pages have no text layer (``by_gold_text``), and
+    where a fused run's gold hits came from (``lanes``: shares of the scored
+    questions, ``visual only / text only / both / fusion only``).
+    """
+    labels = list(labels or (_letter(i) for i in range(len(reports))))
+    first = reports[0]
+    captions = [f"{_letter(i)}: {_config_caption(r.config) or '-'}" for i, r in enumerate(reports)]
+    table = Table(title=title, caption="\n".join(captions))
+    table.add_column("metric")
+    for label in labels:
+        table.add_column(label, justify="right")
+    deltas: list[Mapping[str, MetricDelta]] = [{}, *(c.overall for c in comparisons)]
+
+    def row(label: str, cells: Iterable[Text | str], *, style: str | None = None) -> None:
+        table.add_row(label, *cells, style=style)
+
+    def means(summary: Callable[[RetrievalReport], MetricSummary | None], name: str) -> list[str]:
+        found = [summary(r) for r in reports]
+        return ["" if m is None or name not in m.means else f"{m.means[name]:.3f}" for m in found]
+
+    for name in first.metric_names:
+        row(
             _short(name),
-            f"{d.a:.3f}",
-            f"{d.b:.3f}",
-            delta,
-            str(comparison.better.get(name, 0)),
-            str(comparison.worse.get(name, 0)),
+            (
+                _delta_text(r.overall.means[name], d[name].delta if name in d else None)
+                if name in r.overall.means
+                else ""
+                for r, d in zip(reports, deltas, strict=False)
+            ),
         )
-    table.add_section()
-    for name, value in comparison.agreement.items():
-        label = (
-            "top-1 agree" if name == "top1_agree" else name.replace("jaccard@", "top-k Jaccard@")
+    no_text = first.by_gold_text.get(GOLD_WITHOUT_TEXT)
+    if no_text is not None:
+        table.add_section()
+        for name in (n for n in first.metric_names if n.startswith("hit@")):
+            row(
+                f"{_short(name)}, gold pages without text (n={no_text.count})",
+                means(lambda r: r.by_gold_text.get(GOLD_WITHOUT_TEXT), name),
+            )
+    if any(r.lanes is not None for r in reports):
+        table.add_section()
+        for k in first.ks:
+            row(
+                f"Hit@{k} by lane: visual/text/both/fusion only",
+                (
+                    ""
+                    if r.lanes is None or k not in r.lanes.shares
+                    else "/".join(f"{r.lanes.shares[k][o]:.2f}" for o in HIT_ORIGINS)
+                    for r in reports
+                ),
+            )
+    if comparisons:
+        table.add_section()
+        for name in comparisons[0].agreement:
+            what = (
+                "top-1 agree"
+                if name == "top1_agree"
+                else name.replace("jaccard@", "top-k Jaccard@")
+            )
+            row(f"{what} with A", ["", *(f"{c.agreement[name]:.3f}" for c in comparisons)])
+        row(
+            "questions better/worse than A on MRR",
+            ["", *(f"{c.better.get('mrr', 0)}/{c.worse.get('mrr', 0)}" for c in comparisons)],
         )
-        table.add_row(label, "", "", f"{value:.3f}", "", "")
+    return table
+
+
+def lane_table(report: RetrievalReport, *, title: str = "Where the hits came from") -> Table:
+    """A fused run's :class:`LaneAttribution`: per k, the hit rate and each origin's share."""
+    table = Table(title=title)
+    for column in ("k", "Hit@k", "visual only", "text only", "both lanes", "fusion only"):
+        table.add_column(column, justify="right")
+    lanes = report.lanes
+    for k, shares in (lanes.shares if lanes is not None else {}).items():
+        table.add_row(
+            str(k),
+            f"{report.overall.means.get(f'hit@{k}', 0.0):.3f}",
+            *(f"{shares[o]:.3f}" for o in HIT_ORIGINS),
+        )
+    return table
+
+
+def question_ranks_table(
+    reports: Sequence[RetrievalReport],
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "first gold page per question",
+) -> Table:
+    """Per question, the rank of its first gold page in each run (``-``: not retrieved)."""
+    labels = list(labels or (_letter(i) for i in range(len(reports))))
+    table = Table(title=title)
+    for column in ("id", "category", "evidence", *labels):
+        table.add_column(column, justify="right" if column in labels else "left")
+    by_id = [{q.id: q for q in r.questions} for r in reports]
+    for q in reports[0].questions:
+        evidence = ",".join(str(p) for _, p in q.relevant) or f"({q.excluded})"
+        ranks = [runs.get(q.id) for runs in by_id]
+        table.add_row(
+            q.id,
+            q.category or "",
+            evidence,
+            *(
+                "" if r is None or r.metrics is None else str(r.first_relevant_rank or "-")
+                for r in ranks
+            ),
+        )
     return table
 
 

@@ -39,10 +39,16 @@ Decisions, made once so numbers stay comparable between runs:
 * **Answers** are produced from the first ``answer_k`` pages of the same
   ranking that was scored (``retrieval.k`` by default), with the configured
   answerer — what ``ask`` would send, without embedding the question twice.
-* **Comparison** runs the same questions under two :class:`RunConfig` s —
-  two modes, two ``retrieval`` overrides (``prefetch_k`` …), or a second
-  ``PageRAG`` on another collection (another pooling or quantization) — and
-  reports :func:`~pipeline.evaluate.metrics.compare_runs` of the two.
+* **Comparison** runs the same questions under several :class:`RunConfig` s —
+  modes (``visual``, ``text``, ``hybrid`` …), ``retrieval`` overrides
+  (``prefetch_k`` …), or a second ``PageRAG`` on another collection (another
+  pooling or quantization) — after one ingest, and reports
+  :func:`~pipeline.evaluate.metrics.compare_runs` of each run against the first.
+* **Lanes.** Every run reports the questions whose gold pages have no text
+  layer (the ``has_text`` payload of each gold page, read from the store;
+  only the visual lane can find them) as ``by_gold_text``; a hybrid run also
+  reports which lane brought each gold hit
+  (:class:`~pipeline.evaluate.metrics.LaneAttribution`, from ``PageHit.lanes``).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ from pipeline.evaluate.metrics import (
     DEFAULT_KS,
     AnswerReport,
     AnswerResult,
+    LaneRanks,
     PageKey,
     QAItem,
     RetrievalReport,
@@ -81,7 +88,16 @@ from pipeline.evaluate.metrics import (
     load_questions,
     score_answer,
 )
-from pipeline.types import Answer, CollectionSpec, DocumentRecord, PageHit
+from pipeline.retrieve.planning import MODES, Mode, SearchPlan
+from pipeline.retrieve.store import PayloadReader
+from pipeline.types import (
+    TEXT_FIELD,
+    Answer,
+    CollectionSpec,
+    DocumentRecord,
+    PageHit,
+    page_point_id,
+)
 
 if TYPE_CHECKING:
     from pipeline.api import PageRAG
@@ -101,11 +117,12 @@ __all__ = [
 log = logging.getLogger("pagerag")
 
 Scope = Literal["document", "collection"]
-Mode = Literal["exact", "two_stage", "auto"]
 Stage = Literal["ingest", "retrieve", "answer"]
-_MODES: tuple[str, ...] = get_args(Mode)
 _SCOPES: tuple[str, ...] = get_args(Scope)
 _MAX_K = 1000  # PageRAG.search's own limit
+_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # runs of a comparison, in order
+# Payload flag of a page with a text layer (beside its text, TEXT_FIELD).
+_HAS_TEXT = "has_text"
 
 
 # ------------------------------------------------------------------ values
@@ -154,10 +171,10 @@ class RunConfig:
         for i, part in enumerate(p.strip() for p in text.split(",")):
             key, sep, value = part.partition("=")
             if not sep:
-                if i != 0 or part not in _MODES:
+                if i != 0 or part not in MODES:
                     raise ConfigError(
                         f"bad run configuration {text!r}: {part!r} is neither a mode "
-                        f"({', '.join(_MODES)}, first) nor a retrieval KEY=VALUE"
+                        f"({', '.join(MODES)}, first) nor a retrieval KEY=VALUE"
                     )
                 mode = cast(Mode, part)
             elif not key.strip():
@@ -242,17 +259,17 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class ComparisonResult:
-    """Run B against run A: both runs, and ``metrics.compare_runs`` of them."""
+    """Runs A, B, … of the same questions, and ``comparisons[i]``: run ``i + 1`` against
+    the first (``metrics.compare_runs``)."""
 
-    a: EvalResult
-    b: EvalResult
-    comparison: RunComparison
+    runs: tuple[EvalResult, ...]
+    comparisons: tuple[RunComparison, ...]
 
     def to_dict(self, *, per_question: bool = True) -> dict[str, Any]:
         return {
-            "a": self.a.to_dict(per_question=per_question),
-            "b": self.b.to_dict(per_question=per_question),
-            "comparison": self.comparison.to_dict(per_question=per_question),
+            "baseline": self.runs[0].label,
+            "runs": [run.to_dict(per_question=per_question) for run in self.runs],
+            "comparisons": [c.to_dict(per_question=per_question) for c in self.comparisons],
         }
 
 
@@ -296,7 +313,7 @@ def run_eval(
     """
     started = time.perf_counter()
     ks = _check_ks(ks)
-    _check_choice("mode", mode, _MODES, optional=True)
+    _check_choice("mode", mode, MODES, optional=True)
     _check_choice("scope", scope, _SCOPES)
     run = RunConfig(mode=mode, retrieval=dict(retrieval or {}), label=label)
     items, questions_file, base = _load(questions, docs_dir)
@@ -328,9 +345,7 @@ def run_eval(
 def run_comparison(
     rag: PageRAG,
     questions: str | os.PathLike[str] | Sequence[QAItem],
-    mode_a: str | RunConfig = "exact",
-    mode_b: str | RunConfig = "two_stage",
-    *,
+    *configs: str | RunConfig,
     rag_b: PageRAG | None = None,
     docs_dir: str | os.PathLike[str] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
@@ -340,51 +355,47 @@ def run_comparison(
     skip_missing: bool = False,
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> ComparisonResult:
-    """The same questions under two retrieval configurations, and how they differ.
+    """The same questions under several retrieval configurations, and how they differ.
 
-    ``mode_a``/``mode_b`` are :class:`RunConfig` s or their text form
-    (``"exact"``, ``"two_stage,prefetch_k=50"``). Both run on ``rag`` unless
-    ``rag_b`` is given, which then serves run B (e.g. a collection built with
-    other pooling or quantization; each is ingested when ``ingest``). The
-    result's ``comparison`` holds the metric deltas (B − A) and the top-k
-    agreement. Answers are not produced: compare answer quality with two
-    :func:`run_eval` calls.
+    ``configs`` (two or more; default ``"exact", "two_stage"``) are
+    :class:`RunConfig` s or their text form (``"hybrid"``,
+    ``"two_stage,prefetch_k=50"``), run in order as A, B, C …; the documents
+    are ingested once, before run A (when ``ingest``). Every run searches
+    ``rag`` unless ``rag_b`` is given, which then serves the runs after A (e.g.
+    a collection built with other pooling or quantization; it is ingested too).
+    The result's ``comparisons`` hold each later run's metric deltas against A
+    and their top-k agreement. Answers are not produced: compare answer
+    quality with :func:`run_eval` calls.
     """
-    a = mode_a if isinstance(mode_a, RunConfig) else RunConfig.parse(mode_a)
-    b = mode_b if isinstance(mode_b, RunConfig) else RunConfig.parse(mode_b)
+    runs = [c if isinstance(c, RunConfig) else RunConfig.parse(c) for c in configs]
+    runs = runs or [RunConfig.parse("exact"), RunConfig.parse("two_stage")]
+    if not 2 <= len(runs) <= len(_LABELS):
+        raise ConfigError(f"compare 2 to {len(_LABELS)} run configurations, got {len(runs)}")
     ks = _check_ks(ks)
     items, questions_file, base = _load(questions, docs_dir)
     # The file itself when there is one (read again, cheaply), so that errors and
-    # both results name it and its lines.
+    # every result name it and its lines.
     source: str | Sequence[QAItem] = questions_file if questions_file is not None else items
-    common: dict[str, Any] = {
-        "docs_dir": base,
-        "ks": ks,
-        "scope": scope,
-        "filter": filter,
-        "skip_missing": skip_missing,
-        "progress": progress,
-    }
-    result_a = run_eval(
-        rag,
-        source,
-        mode=a.mode,
-        retrieval=a.retrieval,
-        ingest=ingest,
-        label=f"A: {a.describe()}",
-        **common,
-    )
-    result_b = run_eval(
-        rag_b or rag,
-        source,
-        mode=b.mode,
-        retrieval=b.retrieval,
-        ingest=ingest and rag_b is not None,
-        label=f"B: {b.describe()}",
-        **common,
-    )
+    results = [
+        run_eval(
+            rag if i == 0 or rag_b is None else rag_b,
+            source,
+            mode=run.mode,
+            retrieval=run.retrieval,
+            ingest=ingest and (i == 0 or (i == 1 and rag_b is not None)),
+            label=f"{_LABELS[i]}: {run.describe()}",
+            docs_dir=base,
+            ks=ks,
+            scope=scope,
+            filter=filter,
+            skip_missing=skip_missing,
+            progress=progress,
+        )
+        for i, run in enumerate(runs)
+    ]
+    baseline = results[0].retrieval
     return ComparisonResult(
-        result_a, result_b, compare_runs(result_a.retrieval, result_b.retrieval)
+        tuple(results), tuple(compare_runs(baseline, r.retrieval) for r in results[1:])
     )
 
 
@@ -593,7 +604,9 @@ def _evaluate(
     progress: Callable[[EvalProgress], None] | None,
     started: float,
 ) -> EvalResult:
-    spec = rag._open(create=False, weights=True)  # the run names the weights it searched
+    plan = rag.plan(k=max(ks), mode=run.mode)  # the mode search really uses ("auto" …)
+    # A visual lane search names the weights it searched; the text lane needs no model.
+    spec = rag._open(create=False, weights=plan.visual is not None)
     documents = _resolve_documents(rag, items, base, ingest_report)
     skipped: dict[str, str] = {}
     if documents.missing:
@@ -616,13 +629,14 @@ def _evaluate(
     notes = _check_gold_pages(items, documents, questions_file)
     # Every spelling of a document's path becomes one key, so its pages are credited once.
     items = [replace(item, doc=documents.key(item.doc)) for item in items]
-    config = _run_config(rag, spec, run, ks=ks, scope=scope)
+    config = _run_config(rag, spec, run, plan, ks=ks, scope=scope)
     k = max(ks)
     answer_n = (answer_k or rag.config.retrieval.k) if answer else 0
     # One search serves both: metrics read the first k pages (MRR is MRR@k whatever
     # the VLM is shown), the VLM the first answer_n.
     search_k = max(k, answer_n)
     rankings: dict[str, list[PageKey]] = {}
+    lane_ranks: dict[str, list[LaneRanks]] = {}
     hits_by_id: dict[str, list[PageHit]] = {}
     search_seconds = 0.0
     for done, item in enumerate(items):
@@ -634,9 +648,18 @@ def _evaluate(
         search_seconds += time.perf_counter() - tick
         hits_by_id[item.id] = hits
         rankings[item.id] = [documents.hit_key(hit) for hit in hits[:k]]
+        lane_ranks[item.id] = [hit.lanes for hit in hits[:k]]
     if progress is not None:
         progress(EvalProgress("retrieve", len(items), len(items)))
-    report = evaluate_retrieval(items, rankings, ks=ks, config=config, doc_key=documents.key)
+    report = evaluate_retrieval(
+        items,
+        rankings,
+        ks=ks,
+        config=config,
+        doc_key=documents.key,
+        gold_has_text=_gold_has_text(rag, items, documents),
+        lane_ranks=lane_ranks if plan.mode == "hybrid" else None,
+    )
 
     answers = None
     answer_seconds = 0.0
@@ -742,33 +765,90 @@ def _filter_for(
     return {**base_filter, "document_id": record.document_id}
 
 
+def _gold_has_text(rag: PageRAG, items: Sequence[QAItem], documents: _Documents) -> dict[str, bool]:
+    """Question id → whether any of its gold pages has a text layer, for the scored
+    questions whose gold pages the store can tell (a text lane records ``has_text``)."""
+    store = rag.store
+    if not isinstance(store, PayloadReader):
+        return {}
+    gold = {
+        item.id: [
+            page_point_id(documents.record[_canonical(item.doc)].document_id, page)
+            for page in item.evidence_pages
+        ]
+        for item in items
+        if item.has_evidence
+    }
+    payloads = store.page_payloads(
+        {p for ids in gold.values() for p in ids}, [_HAS_TEXT, TEXT_FIELD]
+    )
+    known: dict[str, bool] = {}
+    for qid, ids in gold.items():
+        flags = [_page_has_text(payloads.get(point_id)) for point_id in ids]
+        if any(flags):
+            known[qid] = True
+        elif flags and all(flag is False for flag in flags):
+            known[qid] = False
+    return known
+
+
+def _page_has_text(payload: Mapping[str, Any] | None) -> bool | None:
+    """True / False from a page's payload; None when it does not say (no text lane)."""
+    if payload is None:
+        return None
+    flag = payload.get(_HAS_TEXT)
+    if isinstance(flag, bool):
+        return flag
+    text = payload.get(TEXT_FIELD)
+    return bool(text.strip()) if isinstance(text, str) else None
+
+
 def _run_config(
-    rag: PageRAG, spec: CollectionSpec, run: RunConfig, *, ks: tuple[int, ...], scope: Scope
+    rag: PageRAG,
+    spec: CollectionSpec,
+    run: RunConfig,
+    plan: SearchPlan,
+    *,
+    ks: tuple[int, ...],
+    scope: Scope,
 ) -> dict[str, Any]:
     """What the run is attributed to: model (and its exact weights), mode, pooling, storage, k.
 
     ``model`` says when the weights are the random stand-in; ``model_fingerprint``
-    and ``model_source`` are the weights recorded in the collection.
+    and ``model_source`` are the weights recorded in the collection. A text lane
+    search (BM25 in ``text_language``) has no model, pooling or storage: None.
     """
     retrieval = rag.config.retrieval
     requested = run.mode or retrieval.mode
-    # The mode ``search`` will really use ("auto" depends on the collection size).
-    effective = rag.plan(k=max(ks), mode=run.mode).mode
-    identity = spec.identity
+    effective = plan.mode
+    visual = plan.visual is not None
+    identity = spec.identity if visual else None
     config: dict[str, Any] = {
-        "model": spec.model_label,
+        "model": spec.model_label if visual else None,
         "model_fingerprint": None if identity is None else identity.fingerprint,
         "model_source": None if identity is None else identity.source,
         "collection": spec.name,
+        "lanes": "+".join(plan.lanes),
         "mode": effective if requested == effective else f"{requested}->{effective}",
-        "pooling": "+".join(spec.pooled) if spec.pooled else "none",
-        "dtype": spec.datatype,
-        "quantization": spec.quantization,
+        "pooling": None if not visual else "+".join(spec.pooled) if spec.pooled else "none",
+        "dtype": spec.datatype if visual else None,
+        "quantization": spec.quantization if visual else None,
         "k": max(ks),
         "scope": scope,
     }
-    if effective == "two_stage":
-        config["prefetch_k"] = max(retrieval.prefetch_k, max(ks))
+    if "text" in plan.lanes:
+        config["text_language"] = spec.text_language
+    if plan.prefetch:  # the visual lane's first stage: candidates per pooled vector
+        config["prefetch_k"] = plan.prefetch[0][1]
+    if plan.mode == "hybrid" and plan.fusion is not None:
+        config |= {
+            "visual": plan.visual,
+            "fusion": plan.fusion.method,
+            "weights": list(plan.fusion.weights),
+            "lane_k": plan.lane_k,
+        }
+        if plan.fusion.method == "rrf":
+            config["rrf_k"] = plan.fusion.k
     return config
 
 
