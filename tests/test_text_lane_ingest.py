@@ -7,6 +7,7 @@ page embedder; a text-only ingest with no embedding model at all.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
@@ -230,6 +231,13 @@ def test_lanes_text_needs_no_embedding_model(
         assert hits[0].load_image().format == "JPEG"  # the page image, for `ask`
     code, _out, err = invoke(env, "ingest", "--lanes", "pictures", corpus / THREE_PAGES)
     assert code == 2 and "visual+text" in err
+    # status says what the collection holds: no visual vectors yet, and how to add them
+    code, out, err = invoke(env, "status", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["lanes"] == ["text"] and status["vector_bytes"] == 0
+    assert status["vector_bytes_per_page"] is None
+    code, out, err = invoke(env, "status")
+    assert code == 0 and "reindex --visual" in out and "weights that made" not in out
 
 
 def test_auto_keeps_a_visual_only_collection_visual(make_rag, corpus: Path) -> None:

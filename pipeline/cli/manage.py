@@ -19,6 +19,7 @@ from pipeline.cli.common import (
     out,
 )
 from pipeline.errors import PageRAGError, QueryError
+from pipeline.types import CollectionSpec
 
 if TYPE_CHECKING:
     from pipeline.retrieve.inventory import Status
@@ -65,6 +66,11 @@ def status(
     out.print(_status_table(info, data))
     if info.spec is None:
         out.print("nothing ingested yet: run `pagerag ingest FILES…`")
+    elif not info.spec.has_visual:
+        out.print(
+            "text lane only: no page has visual vectors yet (`pagerag reindex --visual` "
+            "adds them with the configured model)"
+        )
     elif info.spec.identity is None:
         out.print(
             "the weights that made these vectors are not recorded (written by an older "
@@ -104,6 +110,7 @@ def _status_table(info: Status, data: dict[str, Any]) -> Table:
         documents += f" ({incomplete} incomplete: see status --documents)"
     rows += [("documents", documents), ("pages", str(data["pages"]))]
     if spec is not None:
+        rows.append(("lanes", _lanes(spec)))
         pooled = f"pooled {', '.join(spec.pooled)}" if spec.pooled else "no pooled vectors"
         quantized = "no quantization" if spec.quantization == "none" else spec.quantization
         rows.append(("storage", f"{spec.datatype}, {quantized}, {pooled}"))
@@ -113,6 +120,18 @@ def _status_table(info: Status, data: dict[str, Any]) -> Table:
     for label, value in rows:
         table.add_row(Text(label, style="bold"), value)
     return table
+
+
+def _lanes(spec: CollectionSpec) -> str:
+    """The collection's lanes in words, with the command that adds a missing one."""
+    parts = []
+    if spec.has_visual:
+        parts.append("visual (MaxSim on page images)")
+    if spec.has_text:
+        parts.append(f"text (BM25, {spec.text_language})")
+    missing = [lane for lane in ("visual", "text") if lane not in spec.lanes]
+    fix = "".join(f"; `pagerag reindex --{lane}` adds {lane}" for lane in missing)
+    return " + ".join(parts) + fix
 
 
 def _size_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -125,6 +144,9 @@ def _size_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     on_disk = data["bytes_on_disk"]
     rows = [("on disk", "not reported by a Qdrant server" if on_disk is None else size(on_disk))]
     per_page = data["vector_bytes_per_page"]
+    if data["lanes"] is not None and "visual" not in data["lanes"]:
+        rows.append(("vectors", "none: text lane only (sparse BM25 vectors are a few KB a page)"))
+        return [*rows, ("images etc.", f"{size(on_disk)}")] if on_disk is not None else rows
     if per_page is None:
         return [*rows, ("vectors", "not computed: the model's tokens per page vary")]
     names = [name for name in ("full", "pooled", "quantized") if per_page[name]]

@@ -128,8 +128,16 @@ class Status:
         # The weights that made the vectors, as the manifest records them (None
         # for a collection written before pagerag fingerprinted weights).
         identity = None if spec is None else spec.identity
-        per_page = None if spec is None else vector_bytes_per_page(spec, self.measured_tokens)
+        # A text-only collection declares the visual vectors but no page has them yet.
+        visual = spec is not None and spec.has_visual
+        per_page = (
+            vector_bytes_per_page(spec, self.measured_tokens)
+            if spec is not None and visual
+            else None
+        )
         vector_bytes = None if per_page is None else per_page["total"] * stats.pages
+        if spec is not None and not visual:
+            vector_bytes = 0
         return {
             "collection": stats.collection,
             "engine": stats.engine,
@@ -139,6 +147,8 @@ class Status:
             "model_fingerprint": None if identity is None else identity.fingerprint,
             "model_stand_in": None if identity is None else identity.stand_in,
             "configured_model": self.configured_model,
+            "lanes": None if spec is None else list(spec.lanes),
+            "text_language": None if spec is None or not spec.has_text else spec.text_language,
             "documents": stats.documents,
             "incomplete_documents": self.incomplete_documents,
             "pages": stats.pages,
