@@ -287,5 +287,23 @@ def test_the_completer_does_not_mark_a_stopped_or_aborted_document(rag: PageRAG,
     assert rag.documents() == []
 
 
+def test_the_completer_never_marks_a_document_whose_pages_went_missing(
+    rag: PageRAG, pdf: Path
+) -> None:
+    """Defence in depth: pages that neither reached the store nor failed (an engine lost
+    them without saying so) keep the document unmarked, stop requested or not."""
+    stages = Stages(rag)
+    doc = stages.planner.plan(pdf)
+    assert isinstance(doc, Document) and stages.render.open(doc)
+    first = next(item for item in stages.render.pages(doc) if isinstance(item, DecodedPage))
+    stages.upsert.add(only_points(stages.embed.embed([first])))
+    stages.upsert.flush()
+    doc.stored_pages = stages.upsert.stored_pages(doc.document_id)
+    outcome = stages.completer.complete(doc)
+    assert (outcome.status, outcome.reason) == ("failed", "pages_lost")
+    assert "2 of 3 pages" in outcome.message and "rerun" in outcome.message
+    assert rag.documents() == []
+
+
 def test_page_ranges() -> None:
     assert page_ranges([7, 1, 2, 3, 9, 10]) == "1-3, 7, 9-10"

@@ -108,6 +108,13 @@ class Completer:
                 first = doc.failures[0].error
                 return first.reason, str(first)
             return "empty", f"{doc.path}: the document has no pages"
+        lost = expected - doc.stored - len({f.page_number for f in doc.failures})
+        if error is None and doc.plan is not None and lost > 0:
+            # No stage reported these pages stored or failed: an engine lost them.
+            return "pages_lost", (
+                f"{lost} of {expected} pages never reached the store and no error was "
+                "reported for them; not marked complete: rerun to resume"
+            )
         return None
 
     @staticmethod
