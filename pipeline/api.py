@@ -32,6 +32,7 @@ from pipeline.config import PageRAGConfig, load_config
 from pipeline.embed.protocol import PageEmbedder
 from pipeline.errors import CollectionNotFoundError, QueryError
 from pipeline.ingest.job import FileOutcome, IngestJob, IngestProgress, IngestReport
+from pipeline.ingest.settings import IngestSettings
 from pipeline.models import get_model_spec
 from pipeline.retrieve.collection import CollectionGate, check_model, wanted_spec
 from pipeline.retrieve.inventory import (
@@ -236,31 +237,31 @@ class PageRAG:
         ]
         spec = self._open_for_ingest()
         book = PasswordBook(self.config.render, default=password)
-        common: dict[str, Any] = {
-            "store": self.store,
-            "renderer": self.renderer,
-            "spec": spec,
-            "hash_file": hash_file,
-            "password_for": book.password_for,
-            "embed_batch": self.config.embedding.batch_size,
-            "upsert_batch": self.config.store.upsert_batch,
-            "store_images": self.config.ingest.store_images,
-            "metadata": dict(metadata or {}),
-            "progress": progress,
-            "limits": {key: getattr(self.config.render, key) for key in LIMIT_KEYS},
-            "retry_incomplete": retry_incomplete,
-            "text_extractor": self._text_extractor() if spec.has_text else None,
-        }
+        settings = IngestSettings(
+            store=self.store,
+            renderer=self.renderer,
+            spec=spec,
+            hash_file=hash_file,
+            password_for=book.password_for,
+            embed_batch=self.config.embedding.batch_size,
+            upsert_batch=self.config.store.upsert_batch,
+            store_images=self.config.ingest.store_images,
+            metadata=dict(metadata or {}),
+            limits={key: getattr(self.config.render, key) for key in LIMIT_KEYS},
+            retry_incomplete=retry_incomplete,
+            text_extractor=self._text_extractor() if spec.has_text else None,
+        )
         job: IngestJob | RayIngestJob
         if (engine or self.config.ingest.engine) == "ray":
-            job = self._ray_job(common)
+            job = self._ray_job(settings, progress)
         else:
             job = IngestJob(
+                settings=settings,
                 embedder=self.embedder if spec.has_visual else None,
                 text_embedder=self.text_embedder if spec.has_text else None,
                 render_workers=self.config.render.workers,
                 queue_pages=self.config.ingest.queue_pages,
-                **common,
+                progress=progress,
             )
         if stop is not None:
             job.stop_event = stop
@@ -307,7 +308,9 @@ class PageRAG:
         poppler = getattr(self.renderer, "poppler", None)
         return TextExtractor(self.config.render, self.config.text, poppler=poppler)
 
-    def _ray_job(self, common: dict[str, Any]) -> RayIngestJob:
+    def _ray_job(
+        self, settings: IngestSettings, progress: Callable[[IngestProgress], None] | None
+    ) -> RayIngestJob:
         """The Ray engine: each embed actor builds the embedder from the config (or gets
         a copy of the one passed in); writer actors only for a Qdrant server."""
         from pipeline.ingest.ray_engine import RayIngestJob
@@ -317,15 +320,16 @@ class PageRAG:
         make_embedder = (
             partial(_same, self.embedder) if given["embedder"] else partial(build_embedder, config)
         )
-        spec: CollectionSpec = common["spec"]
+        spec = settings.spec
         make_text = partial(_same, self.text_embedder) if spec.has_text else None
         server = bool(config.store.url) and config.store.url != ":memory:" and not given["store"]
         return RayIngestJob(
+            settings,
+            cluster=config.ray,
             make_embedder=make_embedder if spec.has_visual else None,
             make_text_embedder=make_text,
             make_store=partial(build_store, config) if server else None,
-            settings=config.ray,
-            **common,
+            progress=progress,
         )
 
     # -- manage ------------------------------------------------------------------

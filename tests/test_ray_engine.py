@@ -26,6 +26,7 @@ from pipeline import PageRAG
 from pipeline.config import PageRAGConfig, load_config
 from pipeline.errors import DamagedFileError, ModelNotAvailableError
 from pipeline.ingest.outcome import IngestReport
+from pipeline.ingest.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
 from tests.test_crash import snapshot
 
@@ -190,6 +191,47 @@ def test_a_killed_embed_actor_is_restarted_and_the_store_is_identical(
     assert (
         snapshot(tmp_path / "killed-run").comparable() == snapshot(tmp_path / "clean").comparable()
     )
+
+
+class _DiesOnARange(Renderer):
+    """Kills the Ray worker rendering eight.pdf's second page range (os._exit), on
+    every try: the range never comes back, whatever ``ray.max_retries``."""
+
+    def iter_pages(self, plan: Any, **kwargs: Any) -> Any:
+        if Path(kwargs["source"]).name == "eight.pdf" and any(p.number == 4 for p in plan.pages):
+            os._exit(1)
+        return super().iter_pages(plan, **kwargs)
+
+
+def test_a_range_whose_worker_always_dies_fails_its_file_and_a_rerun_completes(
+    local_ray: None, docs: Path, tmp_path: Path
+) -> None:
+    """eight.pdf's pages 4-6 kill their worker on each of 1 + ray.max_retries tries: that
+    file is failed (worker_lost, never marked), the others complete, the job exits 1; a
+    rerun without the fault completes it, the store then equals a clean run's."""
+    files = [docs / name for name in ("three.pdf", "eight.pdf", "five.pdf")]
+    data = tmp_path / "data"
+    config = config_for(data, max_retries=1)
+    with PageRAG(config, embedder=FakeEmbedder(), renderer=_DiesOnARange(config.render)) as rag:
+        report = rag.ingest(files, engine="ray")
+    by_name = {Path(o.path).name: o for o in report.outcomes}
+    assert {name: o.status for name, o in by_name.items()} == {
+        "three.pdf": "ingested",
+        "eight.pdf": "failed",
+        "five.pdf": "ingested",
+    }
+    lost = by_name["eight.pdf"]
+    assert lost.reason == "worker_lost" and lost.message is not None
+    assert "ray.max_retries" in lost.message and "rerun" in lost.message, lost.message
+    assert report.exit_code == 1 and report.error is None
+    snap = snapshot(data)
+    assert snap.problems() == [] and len(snap.marks) == 2
+    assert "eight.pdf" not in {Path(s).name for s in snap.complete()}
+    rerun = ingest(data, files, "ray")
+    assert [o.status for o in rerun.outcomes] == ["skipped", "ingested", "skipped"]
+    assert rerun.exit_code == 0
+    ingest(tmp_path / "clean", files, "local")
+    assert snapshot(data).comparable() == snapshot(tmp_path / "clean").comparable()
 
 
 def test_a_model_that_cannot_load_stops_the_job_with_one_error(

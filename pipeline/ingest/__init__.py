@@ -12,11 +12,14 @@
   reconcile), :mod:`~pipeline.ingest.stages` (render + decode, embed,
   upsert), :mod:`~pipeline.ingest.completer` (outcome, completion mark,
   prune, reconcile).
+* :mod:`~pipeline.ingest.settings` — :class:`IngestSettings`, what every
+  engine shares (built once by ``PageRAG.ingest``).
 * :mod:`~pipeline.ingest.job` — the local engine: the stages overlapped on
   threads and bounded queues, crash-safe, one outcome per file
   (:mod:`~pipeline.ingest.outcome`).
 """
 
 from pipeline.ingest.job import FileOutcome, IngestJob, IngestProgress, IngestReport
+from pipeline.ingest.settings import IngestSettings
 
-__all__ = ["FileOutcome", "IngestJob", "IngestProgress", "IngestReport"]
+__all__ = ["FileOutcome", "IngestJob", "IngestProgress", "IngestReport", "IngestSettings"]

@@ -66,23 +66,22 @@ from pipeline.ingest.outcome import (
 )
 from pipeline.ingest.planner import Planner
 from pipeline.ingest.render import PageFailure, RenderPlan
+from pipeline.ingest.settings import IngestSettings
 from pipeline.ingest.stages import (
     DecodedPage,
     Document,
-    DocumentRenderer,
     EmbedStage,
     RenderStage,
     UpsertStage,
 )
-from pipeline.ingest.text import TextExtractor, extractor_for
-from pipeline.retrieve.store import PageStore
-from pipeline.types import CollectionSpec, PagePoint
+from pipeline.types import PagePoint
 
 __all__ = [
     "FileOutcome",
     "IngestJob",
     "IngestProgress",
     "IngestReport",
+    "IngestSettings",
     "PageFailure",
     "RenderPlan",
 ]
@@ -116,47 +115,28 @@ class IngestJob:
 
     def __init__(
         self,
+        settings: IngestSettings | None = None,
         *,
-        store: PageStore,
         embedder: PageEmbedder | None,
-        renderer: DocumentRenderer,
-        spec: CollectionSpec,
-        hash_file: Callable[[Path], str],
-        password_for: Callable[[Path], str | None] = lambda _p: None,
-        render_workers: int = 2,
-        embed_batch: int = 2,
-        upsert_batch: int = 8,
-        queue_pages: int = 16,
-        store_images: bool = True,
-        metadata: dict[str, str] | None = None,
-        progress: Callable[[IngestProgress], None] | None = None,
-        limits: Mapping[str, Any] | None = None,
-        retry_incomplete: bool = False,
-        text_extractor: TextExtractor | None = None,
         text_embedder: TextEmbedder | None = None,
+        render_workers: int = 2,
+        queue_pages: int = 16,
+        progress: Callable[[IngestProgress], None] | None = None,
+        **parts: Any,
     ) -> None:
-        self.store = store
+        """``settings``: what every engine shares (:class:`IngestSettings`); or its
+        fields as keywords (``store=``, ``renderer=``, ``spec=``, ``hash_file=`` …).
+        ``text_embedder``: the text lane's BM25 vectors (when ``spec`` has it)."""
+        if settings is None:
+            settings = IngestSettings(**parts)
+        elif parts:
+            raise TypeError(f"pass IngestSettings or its fields, not both: {sorted(parts)}")
+        self.settings = settings
         self.embedder = embedder
-        self.renderer = renderer
-        self.spec = spec
-        # The text lane (spec.has_text): page texts, and their BM25 vectors.
-        self.text_extractor = text_extractor
-        if spec.has_text and text_extractor is None:
-            self.text_extractor = extractor_for(renderer)
         self.text_embedder = text_embedder
-        self.hash_file = hash_file
-        self.password_for = password_for
         self.render_workers = max(1, render_workers)
-        self.embed_batch = max(1, embed_batch)
-        self.upsert_batch = max(1, upsert_batch)
         self.queue_pages = max(1, queue_pages)
-        self.store_images = store_images
-        self.metadata = dict(metadata or {})
         self.progress = progress
-        # The render settings in force (LIMIT_KEYS): recorded in completion marks;
-        # a document stored incomplete under other values is redone.
-        self.limits = dict(limits or {})
-        self.retry_incomplete = retry_incomplete
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
         self._fatal: PageRAGError | None = None
@@ -166,7 +146,7 @@ class IngestJob:
         self._model_loader: threading.Thread | None = None
         self._model_loaded = threading.Event()
         self._model_lock = threading.Lock()
-        self._hash: Callable[[Path], str] = self.hash_file
+        self._hash: Callable[[Path], str] = settings.hash_file
         self._stages = self._build_stages(None)
 
     # -- public ---------------------------------------------------------------
@@ -177,31 +157,20 @@ class IngestJob:
 
     def _build_stages(self, aliases: Mapping[Path, str] | None) -> _Stages:
         """The stage objects of one run, configured as this job is."""
-        common: dict[str, Any] = {"metadata": self.metadata, "aliases": aliases}
+        s = self.settings
         return _Stages(
-            planner=Planner(
-                self.store,
-                self._hash,
-                limits=self.limits,
-                retry_incomplete=self.retry_incomplete,
-                **common,
-            ),
-            render=RenderStage(
-                self.renderer,
-                self.password_for,
-                text=self.text_extractor if self.spec.has_text else None,
-                text_beside=True,
-                decode=self.spec.has_visual,
-            ),
+            planner=s.planner(self._hash, aliases),
+            render=s.render_stage(),
             embed=EmbedStage(
                 self.embedder,
-                self.spec,
+                s.spec,
                 text_embedder=self.text_embedder,
-                store_images=self.store_images,
-                **common,
+                store_images=s.store_images,
+                metadata=s.metadata,
+                aliases=aliases,
             ),
-            upsert=UpsertStage(self.store, self.upsert_batch),
-            completer=Completer(self.store, self.spec, limits=self.limits, **common),
+            upsert=UpsertStage(s.store, s.upsert_batch),
+            completer=s.completer(aliases),
         )
 
     def run(
@@ -217,7 +186,8 @@ class IngestJob:
         (a symlink), stored beside the resolved one.
         """
         started = time.monotonic()
-        self._hash = HashMemo(self.hash_file)  # the planner and the count pass share hashes
+        # the planner and the count pass share hashes
+        self._hash = HashMemo(self.settings.hash_file)
         self._stages = self._build_stages(aliases)
         self._tally.progress = self.progress
         self._tally.files_total = len(files) + len(failed)
@@ -243,7 +213,8 @@ class IngestJob:
     def _overlap(self, files: Sequence[Path]) -> float:
         """Run the three stages at once until every file is done; returns embedding seconds."""
         pages: queue.Queue[Any] = queue.Queue(maxsize=self.queue_pages)
-        points: queue.Queue[Any] = queue.Queue(maxsize=max(2, self.queue_pages // self.embed_batch))
+        per_batch = self.queue_pages // self.settings.embed_batch
+        points: queue.Queue[Any] = queue.Queue(maxsize=max(2, per_batch))
         todo: queue.Queue[tuple[int, Path]] = queue.Queue()
         for index, path in enumerate(files):
             todo.put((index, path))
@@ -353,11 +324,11 @@ class IngestJob:
     def _count_pages(self, files: Sequence[Path]) -> None:
         """The count pass: the pages of every file this run renders, ahead of rendering."""
         counter = PageCounter(
-            store=self.store,
+            store=self.settings.store,
             planner=self._stages.planner,
-            renderer=self.renderer,
+            renderer=self.settings.renderer,
             hash_file=self._hash,
-            password_for=self.password_for,
+            password_for=self.settings.password_for,
             cancel=self._count_cancel,
         )
         tally = self._tally
@@ -402,7 +373,7 @@ class IngestJob:
             if self.stop_event.is_set():
                 continue  # drop pages rendered after the stop request
             batch.append(item)
-            if len(batch) >= self.embed_batch:
+            if len(batch) >= self.settings.embed_batch:
                 busy += self._emit(batch, ends, points)
 
     def _emit(

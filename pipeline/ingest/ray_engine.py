@@ -63,18 +63,17 @@ from pipeline.ingest.completer import Completer
 from pipeline.ingest.outcome import FileOutcome, IngestProgress, IngestReport, not_started
 from pipeline.ingest.planner import Planner
 from pipeline.ingest.render import PageFailure
+from pipeline.ingest.settings import IngestSettings
 from pipeline.ingest.stages import (
     DecodedPage,
     Document,
-    DocumentRenderer,
     EmbedStage,
     RenderStage,
     UpsertStage,
     decode_page,
 )
-from pipeline.ingest.text import TextExtractor, extractor_for
 from pipeline.retrieve.store import PageStore
-from pipeline.types import CollectionSpec, PagePoint
+from pipeline.types import PagePoint
 
 __all__ = ["RayIngestJob", "require_ray"]
 
@@ -264,57 +263,38 @@ class _WriterActor:
 class RayIngestJob:
     """One run over a list of files on Ray; returns the local job's :class:`IngestReport`.
 
-    ``make_embedder`` builds the embedder inside each embed actor (the model
-    loads there, once per actor; None for a text-only collection), and
-    ``make_text_embedder`` the text lane's (when ``spec`` has it, with
-    ``text_extractor`` reading page texts in the render tasks); ``make_store``,
-    given only for a store several processes may write (a Qdrant server),
-    builds one per writer actor. ``store`` is the driver's: skip checks, completion marks, and the
-    writes themselves when there are no writers.
+    ``settings`` are the local job's (:class:`IngestSettings`), ``cluster`` the
+    ``ray`` config. ``make_embedder`` builds the embedder inside each embed
+    actor (the model loads there, once per actor; None for a text-only
+    collection), and ``make_text_embedder`` the text lane's (when the spec has
+    it, with ``settings.text_extractor`` reading page texts in the render
+    tasks); ``make_store``, given only for a store several processes may write
+    (a Qdrant server), builds one per writer actor. ``settings.store`` is the
+    driver's: skip checks, completion marks, and the writes themselves when
+    there are no writers.
     """
 
     def __init__(
         self,
+        settings: IngestSettings,
         *,
-        store: PageStore,
+        cluster: RayConfig,
         make_embedder: Callable[[], PageEmbedder] | None,
-        renderer: DocumentRenderer,
-        spec: CollectionSpec,
-        hash_file: Callable[[Path], str],
-        settings: RayConfig,
-        password_for: Callable[[Path], str | None] = lambda _p: None,
-        make_store: Callable[[], PageStore] | None = None,
-        embed_batch: int = 2,
-        upsert_batch: int = 8,
-        store_images: bool = True,
-        metadata: Mapping[str, str] | None = None,
-        progress: Callable[[IngestProgress], None] | None = None,
-        limits: Mapping[str, Any] | None = None,
-        retry_incomplete: bool = False,
         make_text_embedder: Callable[[], TextEmbedder] | None = None,
-        text_extractor: TextExtractor | None = None,
+        make_store: Callable[[], PageStore] | None = None,
+        progress: Callable[[IngestProgress], None] | None = None,
     ) -> None:
+        spec = settings.spec
         if spec.has_visual and make_embedder is None:
             raise ValueError(f"collection {spec.name!r} has the visual lane: pass make_embedder")
         if spec.has_text and make_text_embedder is None:
             raise ValueError(f"collection {spec.name!r} has the text lane: pass make_text_embedder")
-        self.store = store
+        self.settings = settings
+        self.cluster = cluster
         self.make_embedder = make_embedder
         self.make_text_embedder = make_text_embedder
-        self.text_extractor = text_extractor or (extractor_for(renderer) if spec.has_text else None)
-        self.renderer = renderer
-        self.spec = spec
-        self.hash_file = hash_file
-        self.settings = settings
-        self.password_for = password_for
         self.make_store = make_store
-        self.embed_batch = max(1, embed_batch)
-        self.upsert_batch = max(1, upsert_batch)
-        self.store_images = store_images
-        self.metadata = dict(metadata or {})
         self.progress = progress
-        self.limits = dict(limits or {})
-        self.retry_incomplete = retry_incomplete
         self.stop_event = threading.Event()
         self._fatal: PageRAGError | None = None
         self._outcomes: dict[int, FileOutcome] = {}
@@ -344,16 +324,10 @@ class RayIngestJob:
         ray = self._connect()
         self._files_total = len(files) + len(failed)
         self._files_failed_early = len(failed)
-        common: dict[str, Any] = {"metadata": self.metadata, "aliases": aliases}
         hashes = self._hashes(ray, files)
-        planner = Planner(
-            self.store,
-            lambda path: _known_hash(hashes, self.hash_file, path),
-            limits=self.limits,
-            retry_incomplete=self.retry_incomplete,
-            **common,
-        )
-        completer = Completer(self.store, self.spec, limits=self.limits, **common)
+        known = self.settings.hash_file
+        planner = self.settings.planner(lambda path: _known_hash(hashes, known, path), aliases)
+        completer = self.settings.completer(aliases)
         try:
             docs = self._plan(planner, files)
             if docs and not self.stop_event.is_set():
@@ -382,14 +356,14 @@ class RayIngestJob:
             sigterm = signal.getsignal(signal.SIGTERM) if main else None
             try:
                 ray.init(
-                    address=self.settings.address,
-                    num_cpus=None if self.settings.address else self.settings.num_cpus,
+                    address=self.cluster.address,
+                    num_cpus=None if self.cluster.address else self.cluster.num_cpus,
                     include_dashboard=False,
                     log_to_driver=False,
                 )
             except ConnectionError as exc:
                 raise ConfigError(
-                    f"cannot reach the Ray cluster at ray.address {self.settings.address!r}: "
+                    f"cannot reach the Ray cluster at ray.address {self.cluster.address!r}: "
                     f"{exc}; start one (`ray start --head`) or leave ray.address unset for a "
                     "local Ray"
                 ) from None
@@ -400,15 +374,15 @@ class RayIngestJob:
 
     def _remote(self, ray: Any, fn: Callable[..., Any]) -> Any:
         return ray.remote(fn).options(
-            num_cpus=self.settings.render_cpus, max_retries=self.settings.max_retries
+            num_cpus=self.cluster.render_cpus, max_retries=self.cluster.max_retries
         )
 
     def _hashes(self, ray: Any, files: Sequence[Path]) -> dict[Path, str | OSError]:
         """Every file's sha256, computed by tasks on the cluster (not on the driver)."""
-        size = self.settings.files_per_task
+        size = self.cluster.files_per_task
         chunks = [list(files[i : i + size]) for i in range(0, len(files), size)]
         task = self._remote(ray, _hash_files)
-        results = ray.get([task.remote(chunk, self.hash_file) for chunk in chunks])
+        results = ray.get([task.remote(chunk, self.settings.hash_file) for chunk in chunks])
         return {
             path: value
             for chunk, values in zip(chunks, results, strict=True)
@@ -430,8 +404,8 @@ class RayIngestJob:
 
     def _probed(self, ray: Any, docs: list[tuple[int, Document]]) -> list[tuple[int, Document]]:
         """Each document's render plan (page count), probed by tasks on the cluster."""
-        render = RenderStage(self.renderer, self.password_for)
-        size = self.settings.files_per_task
+        render = RenderStage(self.settings.renderer, self.settings.password_for)
+        size = self.cluster.files_per_task
         chunks = [docs[i : i + size] for i in range(0, len(docs), size)]
         task = self._remote(ray, _probe)
         results = ray.get([task.remote([d for _, d in chunk], render) for chunk in chunks])
@@ -447,7 +421,7 @@ class RayIngestJob:
 
     def _units(self, docs: list[tuple[int, Document]]) -> list[dict[str, Any]]:
         """One row per page range of each document (``pages_per_task`` pages)."""
-        size = self.settings.pages_per_task
+        size = self.cluster.pages_per_task
         units = []
         for index, doc in docs:
             plan = doc.plan
@@ -473,12 +447,12 @@ class RayIngestJob:
             if doc.plan is None or not doc.plan.pages:  # could not be opened: nothing to render
                 self._complete(completer, _Tracked(index, doc, 0), None)
             else:
-                ranges = -(-len(doc.plan.pages) // self.settings.pages_per_task)
+                ranges = -(-len(doc.plan.pages) // self.cluster.pages_per_task)
                 tracked[index] = _Tracked(index, doc, ranges)
                 opened.append((index, doc))
         if not opened:
             return
-        upsert = UpsertStage(self.store, self.upsert_batch)
+        upsert = UpsertStage(self.settings.store, self.settings.upsert_batch)
         dataset = self._dataset(ray, self._units(opened), aliases)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -495,7 +469,7 @@ class RayIngestJob:
     def _dataset(
         self, ray: Any, units: list[dict[str, Any]], aliases: Mapping[Path, str] | None
     ) -> Any:
-        s = self.settings
+        s = self.cluster
         retries = {"max_retries": s.max_retries}
         actor = {"max_restarts": s.max_restarts, "max_task_retries": s.max_retries}
         with warnings.catch_warnings():
@@ -516,13 +490,13 @@ class RayIngestJob:
         retries: dict[str, int],
         actor: dict[str, int],
     ) -> Any:
-        s = self.settings
+        s = self.cluster
         low, high = s.pool
         dataset = (
             ray.data.from_items(units, override_num_blocks=max(1, len(units)))
             .flat_map(
                 _render_range,
-                fn_kwargs={"render": self._render_stage()},
+                fn_kwargs={"render": self.settings.render_stage()},
                 num_cpus=s.render_cpus,
                 **retries,
             )
@@ -530,12 +504,12 @@ class RayIngestJob:
                 _EmbedActor,
                 fn_constructor_args=(self.make_embedder, self.make_text_embedder),
                 fn_constructor_kwargs={
-                    "spec": self.spec,
-                    "store_images": self.store_images,
-                    "metadata": self.metadata,
+                    "spec": self.settings.spec,
+                    "store_images": self.settings.store_images,
+                    "metadata": self.settings.metadata,
                     "aliases": aliases,
                 },
-                batch_size=self.embed_batch,
+                batch_size=self.settings.embed_batch,
                 compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
                 num_cpus=s.cpus_per_actor,
                 num_gpus=s.gpus_per_actor or None,
@@ -545,24 +519,13 @@ class RayIngestJob:
         if self.make_store is not None:
             dataset = dataset.map_batches(
                 _WriterActor,
-                fn_constructor_args=(self.make_store, self.upsert_batch),
-                batch_size=self.upsert_batch,
+                fn_constructor_args=(self.make_store, self.settings.upsert_batch),
+                batch_size=self.settings.upsert_batch,
                 compute=ray.data.ActorPoolStrategy(size=s.writers),
                 num_cpus=0.5,
                 **actor,
             )
         return dataset
-
-    def _render_stage(self) -> RenderStage:
-        """The render tasks' stage: page texts beside the images when the collection
-        has the text lane; no decoding without the visual lane."""
-        return RenderStage(
-            self.renderer,
-            self.password_for,
-            text=self.text_extractor if self.spec.has_text else None,
-            text_beside=True,
-            decode=self.spec.has_visual,
-        )
 
     def _take(
         self,
