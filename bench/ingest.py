@@ -18,8 +18,9 @@ Prints, for the same PDFs:
   fake embedder has none): ``python_peak_mb`` is the pipeline's own peak
   (tracemalloc: Python objects and numpy buffers) and must not grow with
   length; ``peak_rss_mb`` is the whole process, which also holds the embedded
-  Qdrant engine's segments — that part grows with the data stored (~0.35 MB
-  per page here), as any database's would, not with document length.
+  Qdrant engine's segments — that part grows with the data stored
+  (``*_store_mb``, the store's size on disk: ~0.35 MB per page here), as any
+  database's would.
 
     python bench/ingest.py                 # table
     python bench/ingest.py --json          # one JSON object
@@ -27,10 +28,20 @@ Prints, for the same PDFs:
 
 ``--backend fastembed|torch`` measures real embedding code instead: the job
 with the stand-in models pagerag builds itself (random weights; *stand-in
-numbers, not the real models'*), each in a fresh process, over a short PDF
-and over the 500+ page one: pages/s and peak RSS, the torch stand-in
+numbers, not the real models'*), each in a fresh process, the torch stand-in
 (``--family``: ColQwen2.5 or ColSmol, a patch grid per page) beside the
-fastembed ColPali stand-in. Peak RSS must not grow with document length.
+fastembed ColPali stand-in. The short PDF is one pass over the corpus files
+and the 500+ page one repeats those very pages, so only the length differs
+(page sizes vary within each: slides, A4, letter). For each: pages/s, peak
+RSS of the whole job, the store's size on disk, and peak RSS of the same job
+with the store's writes dropped. The last one is pipeline + model and must
+not grow with length; the whole job's grows with the store (its segments are
+memory-mapped), as any database's would. tracemalloc is off in these runs:
+its own bookkeeping grows RSS with the allocations made. Measured 2026-11-30,
+150 DPI, ColQwen2.5 stand-in: without store 1083 MB (122 pages) vs 1099 MB
+(527 pages); at 527 pages 1351 MB with the store vs 1114 MB without, the
+store 257 MB on disk (~0.49 MB/page: vectors and the page JPEGs kept in
+the payload).
 
     python bench/ingest.py --backend torch --family colqwen2_5
 """
@@ -103,11 +114,14 @@ def end_to_end(
     trace: bool = False,
     model: str | None = None,
     model_path: str | None = None,
+    store: bool = True,
 ) -> dict:
     """One ingestion job into a fresh embedded store; runs in the calling process.
 
     With ``model_path`` the embedder is the one the config builds (fastembed or
-    torch, the stand-in in that directory); else the fake of fixed cost."""
+    torch, the stand-in in that directory); else the fake of fixed cost. With
+    ``store=False`` the store drops every write (the job runs as usual up to
+    the upsert): what remains of the peak RSS is the pipeline's and the model's."""
     import tracemalloc
 
     from pipeline import PageRAG
@@ -128,7 +142,10 @@ def end_to_end(
         )
         fake = None if model_path else FakeEmbedder(seconds_per_page=seconds_per_page)
         with PageRAG(config, embedder=fake) as rag:
+            if not store:
+                rag.store.upsert_pages = lambda points: None  # type: ignore[method-assign]
             report = rag.ingest(files)
+            store_bytes = (rag.store.stats().bytes_on_disk or 0) if store else 0
     if not report.ok:
         raise SystemExit(f"ingest failed: {report.to_dict()['outcomes']}")
     return {
@@ -140,6 +157,8 @@ def end_to_end(
         "steady_busy_share": report.embed_busy_seconds
         / (report.seconds - (report.first_batch_seconds or 0.0)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # what the embedded engine holds on disk at the end (its segments, mapped into RSS)
+        "store_mb": store_bytes / 2**20,
         # Python-level peak (numpy buffers included, the Rust engine not).
         "python_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20 if trace else None,
     }
@@ -154,9 +173,11 @@ def end_to_end_subprocess(
     trace: bool = False,
     model: str | None = None,
     model_path: Path | None = None,
+    store: bool = True,
 ) -> dict:
     """``end_to_end`` in a fresh interpreter, so its peak RSS is its own."""
     stand_in = ["--model", str(model), "--model-path", str(model_path)] if model_path else []
+    stand_in += [] if store else ["--no-store"]
     args = [
         sys.executable,
         __file__,
@@ -224,6 +245,7 @@ def main() -> None:
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-store", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -238,6 +260,7 @@ def main() -> None:
                     trace=args.trace,
                     model=args.model,
                     model_path=args.model_path,
+                    store=not args.no_store,
                 )
             )
         )
@@ -273,6 +296,9 @@ def main() -> None:
         "short_doc_peak_rss_mb": round(short["peak_rss_mb"], 1),
         "long_doc_pages": long["pages"],
         "long_doc_peak_rss_mb": round(long["peak_rss_mb"], 1),
+        # the embedded engine's segments on disk: the part of peak RSS that grows with length
+        "short_doc_store_mb": round(short["store_mb"], 1),
+        "long_doc_store_mb": round(long["store_mb"], 1),
         "short_doc_python_peak_mb": round(short["python_peak_mb"], 1),
         "long_doc_python_peak_mb": round(long["python_peak_mb"], 1),
         "long_doc_pps_no_embed_cost": round(long["pps"], 2),
@@ -315,38 +341,76 @@ def stand_ins(backend: str, family: str, folder: Path) -> list[tuple[str, str, P
 
 
 def backends_side_by_side(args: argparse.Namespace, files: list[Path]) -> None:
-    """Pages/s and peak RSS of each stand-in over a short and a 500+ page PDF."""
+    """Pages/s, peak RSS and store size of each stand-in over a short and a 500+ page
+    PDF made of the same pages (so only the length differs), with the store and
+    without it (writes dropped: the pipeline's and the model's RSS alone)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        # One pass over the files: the long PDF repeats exactly these pages, so the
+        # page sizes (and so the per-page buffers) are the same in both.
+        short = folder / "short.pdf"
+        subprocess.run(["pdfunite", *map(str, files), str(short)], check=True, capture_output=True)
         big = long_pdf(files, args.long_pages, folder / "long.pdf")
         for label, model, model_dir in stand_ins(args.backend, args.family, folder):
             row: dict[str, object] = {"backend": label}
-            for name, docs in (("short", files[:1]), ("long", [big])):
+            bare_peak: dict[str, float] = {}
+            for name, pdf in (("short", short), ("long", big)):
+                # No tracemalloc in these runs: its own bookkeeping costs RSS that grows
+                # with the allocations made (+137 MB from 122 to 527 pages, torch stand-in).
                 run = end_to_end_subprocess(
-                    docs, args.dpi, 0.0, args.workers, trace=True, model=model, model_path=model_dir
+                    [pdf],
+                    args.dpi,
+                    0.0,
+                    args.workers,
+                    model=model,
+                    model_path=model_dir,
+                )
+                bare = end_to_end_subprocess(
+                    [pdf],
+                    args.dpi,
+                    0.0,
+                    args.workers,
+                    model=model,
+                    model_path=model_dir,
+                    store=False,
                 )
                 row[f"{name}_pages"] = run["pages"]
                 row[f"{name}_pps"] = round(run["pps"], 2)
                 row[f"{name}_peak_rss_mb"] = round(run["peak_rss_mb"], 1)
-                row[f"{name}_python_peak_mb"] = round(run["python_peak_mb"], 1)
+                row[f"{name}_store_mb"] = round(run["store_mb"], 1)
+                bare_peak[name] = bare["peak_rss_mb"]
+                row[f"{name}_no_store_peak_rss_mb"] = round(bare["peak_rss_mb"], 1)
+            row["no_store_rss_growth_mb"] = round(bare_peak["long"] - bare_peak["short"], 1)
             rows.append(row)
-    result = {"dpi": args.dpi, "note": "stand-in models (random weights)", "runs": rows}
+    result = {
+        "dpi": args.dpi,
+        "note": "stand-in models (random weights): pages/s are not the real models'",
+        "runs": rows,
+    }
     if args.json:
         print(json.dumps(result))
         return
-    print(f"stand-in models with random weights, {args.dpi} DPI; each run a fresh process")
-    for row in rows:
-        print(
-            f"{row['backend']:<32} short {row['short_pages']:>4} pages "
-            f"{row['short_pps']:>6} pages/s {row['short_peak_rss_mb']:>7} MB RSS "
-            f"{row['short_python_peak_mb']:>6} MB py | long {row['long_pages']:>4} pages "
-            f"{row['long_pps']:>6} pages/s {row['long_peak_rss_mb']:>7} MB RSS "
-            f"{row['long_python_peak_mb']:>6} MB py"
-        )
     print(
-        "RSS: the whole process (model + embedded Qdrant engine, whose segments grow with the "
-        "data stored); py: the pipeline's own peak (tracemalloc), which must not grow with length"
+        f"STAND-IN models (random weights, tiny): not the real models' speed or memory; "
+        f"{args.dpi} DPI; each run a fresh process; short = one pass over {len(files)} corpus "
+        "PDFs, long = the same pages repeated"
+    )
+    for row in rows:
+        print(row["backend"])
+        for name in ("short", "long"):
+            print(
+                f"  {name:<5} {row[f'{name}_pages']:>4} pages {row[f'{name}_pps']:>6} pages/s | "
+                f"peak RSS {row[f'{name}_peak_rss_mb']:>7} MB with store "
+                f"(store {row[f'{name}_store_mb']:>6} MB on disk), "
+                f"{row[f'{name}_no_store_peak_rss_mb']:>7} MB without"
+            )
+        print(f"  pipeline + model RSS, long - short: {row['no_store_rss_growth_mb']:+} MB")
+    print(
+        "peak RSS with store: the whole process, including the embedded Qdrant engine, which "
+        "grows with the data stored (its segments are mapped into RSS), as any database's "
+        "would; without store: the same job with the writes dropped, i.e. pipeline + model, "
+        "which must not grow with length"
     )
 
 
