@@ -69,10 +69,11 @@ if TYPE_CHECKING:
     from pipeline.embed.text import TextEmbedder
     from pipeline.evaluate.explain import Explanation, MapKind
     from pipeline.ingest.ray_engine import RayIngestJob
+    from pipeline.ingest.relane import SourceFiles
     from pipeline.ingest.render import Renderer
     from pipeline.ingest.text import TextExtractor
     from pipeline.retrieve.planning import SearchArgs
-    from pipeline.retrieve.reindex import ReindexProgress, ReindexReport, SourceFiles
+    from pipeline.retrieve.reindex import ReindexProgress, ReindexReport
 
 # MAX_K, Mode, parse_filter and vector_bytes_per_page live in pipeline.retrieve and stay
 # importable from here, where they used to be.
@@ -577,7 +578,7 @@ class PageRAG:
         touched) as BM25 in ``text.language``; when the lane exists in another language,
         its stored texts re-embedded. ``password`` as for :meth:`ingest`. See
         :func:`pipeline.retrieve.reindex.reindex_text`."""
-        from pipeline.retrieve.reindex import reindex_text
+        from pipeline.ingest.relane import reindex_text
 
         self._open(create=False)
         files, extractor = self._source_files(password), self._text_extractor()
@@ -595,7 +596,7 @@ class PageRAG:
         """Add the visual lane to a text-only collection, in place: each stored document's
         pages rendered and embedded by the configured model, as an ingest would (its cost).
         See :func:`pipeline.retrieve.reindex.reindex_visual`."""
-        from pipeline.retrieve.reindex import reindex_visual
+        from pipeline.ingest.relane import reindex_visual
 
         spec = self._open(create=False)
         text = self.text_embedder
@@ -615,8 +616,8 @@ class PageRAG:
 
     def _source_files(self, password: str | None) -> SourceFiles:
         """How a lane reindex reopens the documents: the renderer and the passwords."""
+        from pipeline.ingest.relane import SourceFiles
         from pipeline.ingest.sources import PasswordBook
-        from pipeline.retrieve.reindex import SourceFiles
 
         book = PasswordBook(self.config.render, default=password)
         return SourceFiles(self.renderer, book.password_for)

@@ -133,6 +133,19 @@ def test_stages_never_import_connectors_or_what_sits_above_them() -> None:
     assert bad == set()
 
 
+def test_retrieve_never_imports_ingest() -> None:
+    """Ingest writes into the store (ingest -> retrieve); the store stage never reaches
+    back into ingestion: what needs both (adding a lane from the files) lives in ingest."""
+    bad = {
+        (module, target)
+        for module, targets in graph().items()
+        if within(module, ("pipeline.retrieve",))
+        for target in targets
+        if within(target, ("pipeline.ingest",))
+    }
+    assert bad == set()
+
+
 def test_the_foundation_imports_only_the_foundation() -> None:
     edges = graph()
     bad = {(m, t) for m in FOUNDATION for t in edges[m] if t not in FOUNDATION}

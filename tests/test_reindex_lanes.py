@@ -26,8 +26,9 @@ from pipeline.cli import app
 from pipeline.config import PageRAGConfig, load_config
 from pipeline.embed.pooling import POOLED_VECTORS
 from pipeline.errors import CollectionMismatchError
+from pipeline.ingest.relane import LaneReindexStore
 from pipeline.models import ModelSpec, get_model_spec
-from pipeline.retrieve.reindex import LaneReindexStore, ReindexProgress
+from pipeline.retrieve.reindex import ReindexProgress
 from pipeline.retrieve.store import PageStore
 from pipeline.testing.fakes import FAKE_SPEC, FakeEmbedder
 from pipeline.types import TEXT_FIELD
