@@ -53,7 +53,7 @@ from PIL import Image
 
 from pipeline.config import EmbeddingConfig
 from pipeline.embed.fingerprint import fingerprint_files, is_stand_in
-from pipeline.embed.protocol import checked_vectors
+from pipeline.embed.protocol import checked_vectors, one_per_image
 from pipeline.errors import (
     ConfigError,
     ModelError,
@@ -200,11 +200,7 @@ class ColPaliTorchEmbedder:
             thw_rows = None if thw is None else thw.cpu().numpy()
             for i in range(len(chunk)):
                 out.append(self._page(vectors[i], ids[i], mask[i], processor, thw_rows, i))
-        if len(out) != len(images):
-            raise ModelError(
-                f"{self._spec.name} returned {len(out)} embeddings for {len(images)} images"
-            )
-        return out
+        return one_per_image(out, images, self._spec)
 
     def embed_query(self, query: str) -> Float16Array:
         return self.embed_queries([query])[0]

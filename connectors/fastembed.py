@@ -40,7 +40,7 @@ from PIL import Image
 
 from pipeline.config import EmbeddingConfig
 from pipeline.embed.fingerprint import CONFIG_FILES, fingerprint_files, is_stand_in
-from pipeline.embed.protocol import QueryToken, checked_vectors
+from pipeline.embed.protocol import QueryToken, checked_vectors, one_per_image
 from pipeline.errors import (
     ModelError,
     ModelNotAvailableError,
@@ -102,11 +102,7 @@ class FastEmbedColPali:
         embedding = self._ready()
         vectors = embedding.embed_image(list(images), batch_size=self._config.batch_size)
         out = [self._checked(vec) for vec in vectors]
-        if len(out) != len(images):
-            raise ModelError(
-                f"{self._spec.name} returned {len(out)} embeddings for {len(images)} images"
-            )
-        return out
+        return one_per_image(out, images, self._spec)
 
     def embed_query(self, query: str) -> Float16Array:
         return self.embed_queries([query])[0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -32,8 +32,11 @@ __all__ = [
     "QueryToken",
     "embed_pages",
     "identity_of",
+    "one_per_image",
     "query_tokens_of",
 ]
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -144,3 +147,11 @@ def checked_vectors(vec: object, spec: ModelSpec) -> Float16Array:
             f"(tokens, {spec.dim}): is embedding.model_path the right model?"
         )
     return array if array.dtype == np.float16 else array.astype(np.float16)
+
+
+def one_per_image(out: list[T], images: Sequence[object], spec: ModelSpec) -> list[T]:
+    """``out`` when the model gave one embedding per input image, else a ``ModelError``
+    (a broken model file or adapter must not shift pages onto each other's vectors)."""
+    if len(out) != len(images):
+        raise ModelError(f"{spec.name} returned {len(out)} embeddings for {len(images)} images")
+    return out
