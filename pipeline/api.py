@@ -327,6 +327,7 @@ class PageRAG:
         return RayIngestJob(
             settings,
             cluster=config.ray,
+            render_workers=config.render.workers,
             make_embedder=make_embedder if spec.has_visual else None,
             make_text_embedder=make_text,
             make_store=partial(build_store, config) if server else None,

@@ -184,7 +184,10 @@ class RayConfig(_Section):
 
     # A running cluster ("auto", "ray://head:10001"); null: start a local Ray on this machine.
     address: str | None = None
-    # A local Ray only: the CPUs it may use (null: all of them).
+    # A local Ray only: the logical CPUs it schedules (null: this machine's cores, or, if
+    # more, the local engine's concurrency: render.workers rendering tasks beside the
+    # embed and writer actors, so one embed actor does not halve the rendering on a small
+    # machine).
     num_cpus: int | None = Field(default=None, ge=1)
     # Embed actors (each loads the model once): the pool starts at embed_actors and may grow
     # to max_embed_actors (null: a fixed pool).

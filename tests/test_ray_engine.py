@@ -23,11 +23,12 @@ import pytest
 from PIL import Image
 
 from pipeline import PageRAG
-from pipeline.config import PageRAGConfig, load_config
-from pipeline.errors import DamagedFileError, ModelNotAvailableError
+from pipeline.config import PageRAGConfig, RayConfig, load_config
+from pipeline.errors import ConfigError, DamagedFileError, ModelNotAvailableError
 from pipeline.ingest.outcome import IngestReport
 from pipeline.ingest.render import Renderer
 from pipeline.testing.fakes import FakeEmbedder
+from tests.store_contract import SPEC
 from tests.test_crash import snapshot
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
@@ -134,6 +135,44 @@ def test_ray_store_equals_local_with_the_stand_in_model(
     assert len(distributed.pages) == 16 and len(distributed.marks) == 3
     assert distributed.problems() == []
     assert distributed.comparable() == local.comparable()
+
+
+def test_embed_actors_asking_for_gpus_the_cluster_lacks_are_refused(
+    local_ray: None, docs: Path, tmp_path: Path
+) -> None:
+    """--gpus-per-actor 1 on a Ray without GPUs: the actor pool could never start and Ray
+    would wait forever; the job stops at once with the fix, nothing stored."""
+    with pytest.raises(ConfigError) as refused:
+        ingest(tmp_path / "data", [docs], "ray", ray={"gpus_per_actor": 1})
+    message = str(refused.value)
+    assert "has 0 GPU(s)" in message and "need 1" in message
+    assert "--gpus-per-actor" in message and "ray start --num-gpus" in message
+    assert snapshot(tmp_path / "data").pages == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "cores", "cpus"),
+    [
+        ({}, 2, 3),  # 2 rendering tasks (render.workers) + 1 embed actor: the local engine's
+        ({}, 16, 16),  # a bigger machine: its cores
+        ({"embed_actors": 2, "cpus_per_actor": 0.5}, 1, 3),
+        ({"num_cpus": 2}, 8, 2),  # set: as given
+    ],
+)
+def test_a_local_ray_has_room_for_the_local_engines_rendering(
+    settings: dict[str, Any], cores: int, cpus: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.ingest.ray_engine import RayIngestJob
+    from pipeline.ingest.settings import IngestSettings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    job = RayIngestJob(
+        IngestSettings(store=None, renderer=None, spec=SPEC, hash_file=str),  # type: ignore[arg-type]
+        cluster=RayConfig(**settings),
+        make_embedder=FakeEmbedder,
+        render_workers=2,
+    )
+    assert job._local_cpus() == cpus
 
 
 def test_rerun_skips_and_progress_reaches_the_total(

@@ -38,6 +38,8 @@ worker died is retried (``ray.max_retries``), a dead actor restarted
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import pickle
 import signal
 import threading
@@ -83,6 +85,8 @@ _POINT = "point"  # blob: a PagePoint or a PageFailure (the embedder's result)
 _ACK = "ack"  # blob: (page number, None) stored by a writer actor, or (None, PageFailure)
 _END = "end"  # blob: _RangeEnd, after a range's last page
 _FATAL = "fatal"  # blob: the PageRAGError that ends the job (the model, the store)
+
+_WRITER_CPUS = 0.5  # a writer actor mostly waits on the server
 
 
 def require_ray() -> Any:
@@ -271,7 +275,10 @@ class RayIngestJob:
     tasks); ``make_store``, given only for a store several processes may write
     (a Qdrant server), builds one per writer actor. ``settings.store`` is the
     driver's: skip checks, completion marks, and the writes themselves when
-    there are no writers.
+    there are no writers. A local Ray (no ``cluster.address``) gets room for
+    ``render_workers`` (the local engine's ``render.workers``) rendering tasks
+    beside the actors; a cluster that cannot fit one beside them, or lacks the
+    embed actors' GPUs, is refused with a ``ConfigError`` before any work.
     """
 
     def __init__(
@@ -283,6 +290,7 @@ class RayIngestJob:
         make_text_embedder: Callable[[], TextEmbedder] | None = None,
         make_store: Callable[[], PageStore] | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
+        render_workers: int = 2,
     ) -> None:
         spec = settings.spec
         if spec.has_visual and make_embedder is None:
@@ -295,6 +303,7 @@ class RayIngestJob:
         self.make_text_embedder = make_text_embedder
         self.make_store = make_store
         self.progress = progress
+        self.render_workers = render_workers
         self.stop_event = threading.Event()
         self._fatal: PageRAGError | None = None
         self._outcomes: dict[int, FileOutcome] = {}
@@ -357,7 +366,7 @@ class RayIngestJob:
             try:
                 ray.init(
                     address=self.cluster.address,
-                    num_cpus=None if self.cluster.address else self.cluster.num_cpus,
+                    num_cpus=None if self.cluster.address else self._local_cpus(),
                     include_dashboard=False,
                     log_to_driver=False,
                 )
@@ -370,7 +379,57 @@ class RayIngestJob:
             finally:
                 if sigterm is not None:
                     signal.signal(signal.SIGTERM, sigterm)
+        self._check_resources(ray)
         return ray
+
+    def _demand(self, rendering_tasks: int) -> tuple[float, float]:
+        """(CPUs, GPUs) the embed pool's first actors, the writers and ``rendering_tasks``
+        rendering tasks hold at once."""
+        s = self.cluster
+        cpus = s.embed_actors * s.cpus_per_actor + rendering_tasks * s.render_cpus
+        if self.make_store is not None:
+            cpus += s.writers * _WRITER_CPUS
+        return cpus, s.embed_actors * s.gpus_per_actor
+
+    def _local_cpus(self) -> int:
+        """A local Ray's logical CPUs: ``ray.num_cpus``, else the cores, or the local
+        engine's concurrency if that is more (``render_workers`` rendering tasks beside
+        the actors). Ray's CPUs are scheduling tokens: with one each, an embed actor that
+        mostly waits on its model would leave a 2-core machine one rendering task where
+        the local engine runs two."""
+        if self.cluster.num_cpus is not None:
+            return self.cluster.num_cpus
+        cpus, _ = self._demand(self.render_workers)
+        return max(os.cpu_count() or 1, math.ceil(cpus))
+
+    def _check_resources(self, ray: Any) -> None:
+        """Refuse a job the cluster can never run: Ray would wait forever for the embed
+        pool's GPUs, or for a CPU left to render on beside the actors."""
+        have = ray.cluster_resources()
+        cpus, gpus = self._demand(1)
+        has_cpus, has_gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+        if has_gpus < gpus:
+            raise ConfigError(
+                f"the Ray cluster has {has_gpus:g} GPU(s); the embed actors need {gpus:g} "
+                f"(ray.embed_actors {self.cluster.embed_actors} × ray.gpus_per_actor "
+                f"{self.cluster.gpus_per_actor:g}), so they would never start: add GPU nodes "
+                "(`ray start --num-gpus N`) or lower --gpus-per-actor (0 embeds on CPU)"
+            )
+        if has_cpus < cpus:
+            writers = (
+                f" + {self.cluster.writers} writer(s) × {_WRITER_CPUS:g}"
+                if self.make_store is not None
+                else ""
+            )
+            raise ConfigError(
+                f"the Ray cluster has {has_cpus:g} CPU(s); this job needs {cpus:g} at once "
+                f"({self.cluster.embed_actors} embed actor(s) × ray.cpus_per_actor "
+                f"{self.cluster.cpus_per_actor:g}{writers} + one rendering task × "
+                f"ray.render_cpus {self.cluster.render_cpus:g}), so rendering would never "
+                "start: lower ray.cpus_per_actor / ray.render_cpus / ray.writers / "
+                "--embed-actors, or give the cluster more CPUs (`ray start --num-cpus N`; "
+                "ray.num_cpus for a local Ray)"
+            )
 
     def _remote(self, ray: Any, fn: Callable[..., Any]) -> Any:
         return ray.remote(fn).options(
@@ -522,7 +581,7 @@ class RayIngestJob:
                 fn_constructor_args=(self.make_store, self.settings.upsert_batch),
                 batch_size=self.settings.upsert_batch,
                 compute=ray.data.ActorPoolStrategy(size=s.writers),
-                num_cpus=0.5,
+                num_cpus=_WRITER_CPUS,
                 **actor,
             )
         return dataset
