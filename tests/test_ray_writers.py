@@ -1,0 +1,189 @@
+"""The Ray engine's writer actors (a store several processes may write) on a local Ray.
+
+With a Qdrant server (``store.url``) the embed actors' points go to writer
+actors that upsert in parallel and pass page acks on; the driver marks a
+document complete only from those acks. No Qdrant server runs here, so the
+"server" is one Ray actor holding an embedded store, reached from the driver
+and from every writer actor through a proxy: every write crosses processes as
+it would to a server. The local engine's store is the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import PageRAG
+from pipeline.errors import ConfigError
+from pipeline.ingest.outcome import IngestReport
+from pipeline.testing.fakes import FakeEmbedder
+from tests.test_crash import snapshot
+from tests.test_ray_engine import (
+    BAD,
+    EIGHT_PAGES,
+    THREE_PAGES,
+    _ray_session,
+    config_for,
+    local_ray,
+    outcomes,
+)
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+__all__ = ["_ray_session", "local_ray"]  # fixtures, used by name
+
+
+# Two writers (0.5 CPU each) beside one embed actor and a rendering task, on 2 CPUs.
+TWO_CPUS = {"writers": 2, "cpus_per_actor": 0.5, "render_cpus": 0.5}
+
+
+class _StoreHost:
+    """The stand-in server: one embedded store in one actor, called by name."""
+
+    def __init__(self, path: str, collection: str) -> None:
+        from connectors.qdrant_edge import EdgePageStore
+
+        self.store = EdgePageStore(Path(path), collection)
+        self.calls: dict[str, int] = {}
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        return getattr(self.store, method)(*args, **kwargs)
+
+    def count(self, method: str) -> int:
+        return self.calls.get(method, 0)
+
+
+class _ServerStore:
+    """A PageStore proxy to the host actor: what each process gets from ``make_store``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def close(self) -> None:
+        """A client closing: the server (the host's store) stays up."""
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        host = ray.get_actor(self.name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return ray.get(host.call.remote(method, args, kwargs))
+
+        return call
+
+
+@dataclass
+class Server:
+    host: Any  # the actor
+    name: str
+    path: Path
+
+    def store(self) -> _ServerStore:
+        return _ServerStore(self.name)
+
+    def calls(self, method: str) -> int:
+        return int(ray.get(self.host.count.remote(method)))
+
+
+@pytest.fixture
+def server(local_ray: None, tmp_path: Path) -> Iterator[Server]:
+    """The host actor over ``tmp_path/server``, closed (so it can be read) after the test."""
+    name = f"store-host-{tmp_path.name}"
+    host = ray.remote(_StoreHost).options(name=name).remote(str(tmp_path / "server"), "pagerag")
+    running = Server(host, name, tmp_path / "server")
+    running.calls("open")  # started
+    yield running
+    with contextlib.suppress(Exception):
+        ray.get(host.call.remote("close", (), {}))
+    ray.kill(host)
+
+
+def close(server: Server) -> None:
+    """Close the host's store so :func:`snapshot` can open it."""
+    ray.get(server.host.call.remote("close", (), {}))
+
+
+def ingest_through_writers(
+    server: Server, data: Path, files: list[Path], **ray_settings: Any
+) -> IngestReport:
+    """The Ray engine as it runs against a server: the driver and the writer actors
+    each get ``make_store()`` (the host's proxy)."""
+    make_store = partial(_ServerStore, server.name)
+    config = config_for(data, **ray_settings)
+    rag = PageRAG(config, embedder=FakeEmbedder(), store=make_store())
+    build_job = rag._ray_job
+
+    def with_writers(*args: Any, **kwargs: Any) -> Any:
+        job = build_job(*args, **kwargs)
+        job.make_store = make_store  # what api does for store.url
+        return job
+
+    rag._ray_job = with_writers  # type: ignore[method-assign]
+    with rag:
+        return rag.ingest(files, engine="ray")
+
+
+@pytest.fixture
+def files(corpus: Path, tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, source in (("three.pdf", THREE_PAGES), ("eight.pdf", EIGHT_PAGES)):
+        shutil.copy(corpus / source, folder / name)
+    shutil.copy(corpus / BAD[0], folder / "bad.pdf")
+    return sorted(folder.iterdir())
+
+
+def ingest_locally(data: Path, files: list[Path]) -> IngestReport:
+    with PageRAG(config_for(data), embedder=FakeEmbedder()) as rag:
+        return rag.ingest(files, engine="local")
+
+
+def test_writer_actors_store_what_the_local_engine_stores(
+    server: Server, files: list[Path], tmp_path: Path
+) -> None:
+    """Points go through two writer actors (the driver writes none), the driver marks
+    from their acks: the store, the outcomes and the exit code are the local engine's."""
+    report = ingest_through_writers(server, tmp_path / "unused", files, **TWO_CPUS)
+    local = ingest_locally(tmp_path / "local", files)
+    assert outcomes(report) == outcomes(local)
+    assert report.exit_code == local.exit_code == 1  # the bad file
+    assert report.pages_ingested == local.pages_ingested == 11
+    assert server.calls("upsert_pages") >= 2 and server.calls("mark_complete") == 2
+    close(server)
+    stored = snapshot(server.path)
+    assert stored.problems() == []
+    assert stored.comparable() == snapshot(tmp_path / "local").comparable()
+
+
+def test_a_rerun_through_writers_skips_what_they_stored(
+    server: Server, files: list[Path], tmp_path: Path
+) -> None:
+    first = ingest_through_writers(server, tmp_path / "unused", files, **TWO_CPUS)
+    upserts = server.calls("upsert_pages")
+    again = ingest_through_writers(server, tmp_path / "unused", files, **TWO_CPUS)
+    assert [o.status for o in again.outcomes] == [
+        "failed" if o.status == "failed" else "skipped" for o in first.outcomes
+    ]
+    assert server.calls("upsert_pages") == upserts  # nothing written twice
+
+
+def test_writers_that_leave_no_cpu_to_render_are_refused_before_any_work(
+    server: Server, files: list[Path], tmp_path: Path
+) -> None:
+    """1 embed actor × 1 CPU + 2 writers × 0.5 fill this 2-CPU Ray: no rendering task
+    could ever start and Ray would wait forever. The job says so, and what to change."""
+    with pytest.raises(ConfigError) as refused:
+        ingest_through_writers(server, tmp_path / "unused", files, writers=2)
+    message = str(refused.value)
+    assert "has 2 CPU(s)" in message and "2 writer(s)" in message
+    assert "ray.cpus_per_actor" in message and "ray start --num-cpus" in message
+    assert server.calls("upsert_pages") == 0
