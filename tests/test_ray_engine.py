@@ -190,6 +190,19 @@ def test_rerun_skips_and_progress_reaches_the_total(
     assert again.pages_ingested == 0
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's DataContext, on creation
+def test_the_job_leaves_the_processs_ray_data_settings_alone(
+    local_ray: None, docs: Path, tmp_path: Path
+) -> None:
+    """The engine tolerates failed blocks and hides progress bars in its own dataset's
+    context; a caller's other Ray Data work in the same process keeps its settings."""
+    context = ray.data.DataContext.get_current()
+    before = (context.max_errored_blocks, context.enable_progress_bars)
+    ingest(tmp_path / "data", [docs], "ray")
+    after = ray.data.DataContext.get_current()
+    assert (after.max_errored_blocks, after.enable_progress_bars) == before
+
+
 def test_bad_files_get_the_local_engines_outcomes(
     local_ray: None, corpus: Path, tmp_path: Path
 ) -> None:

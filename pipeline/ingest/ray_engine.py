@@ -536,44 +536,42 @@ class RayIngestJob:
             # named parameters, but max_retries / max_restarts / max_task_retries have no
             # named form yet; and its DataContext warns about deprecated settings it copies.
             warnings.simplefilter("ignore", DeprecationWarning)
-            context = ray.data.DataContext.get_current()
-            context.max_errored_blocks = -1  # a range that fails for good: its file is failed
-            context.enable_progress_bars = False
-            return self._stages(ray, units, aliases, retries, actor)
+            source = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+            # This dataset's own context (a copy Ray Data takes at creation), not the
+            # process's: other Ray Data work in the same process keeps its settings.
+            source.context.max_errored_blocks = -1  # a range failing for good: file failed
+            source.context.enable_progress_bars = False
+            return self._stages(source, aliases, retries, actor)
 
     def _stages(
         self,
-        ray: Any,
-        units: list[dict[str, Any]],
+        source: Any,
         aliases: Mapping[Path, str] | None,
         retries: dict[str, int],
         actor: dict[str, int],
     ) -> Any:
+        ray = require_ray()
         s = self.cluster
         low, high = s.pool
-        dataset = (
-            ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-            .flat_map(
-                _render_range,
-                fn_kwargs={"render": self.settings.render_stage()},
-                num_cpus=s.render_cpus,
-                **retries,
-            )
-            .map_batches(
-                _EmbedActor,
-                fn_constructor_args=(self.make_embedder, self.make_text_embedder),
-                fn_constructor_kwargs={
-                    "spec": self.settings.spec,
-                    "store_images": self.settings.store_images,
-                    "metadata": self.settings.metadata,
-                    "aliases": aliases,
-                },
-                batch_size=self.settings.embed_batch,
-                compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-                num_cpus=s.cpus_per_actor,
-                num_gpus=s.gpus_per_actor or None,
-                **actor,
-            )
+        dataset = source.flat_map(
+            _render_range,
+            fn_kwargs={"render": self.settings.render_stage()},
+            num_cpus=s.render_cpus,
+            **retries,
+        ).map_batches(
+            _EmbedActor,
+            fn_constructor_args=(self.make_embedder, self.make_text_embedder),
+            fn_constructor_kwargs={
+                "spec": self.settings.spec,
+                "store_images": self.settings.store_images,
+                "metadata": self.settings.metadata,
+                "aliases": aliases,
+            },
+            batch_size=self.settings.embed_batch,
+            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+            num_cpus=s.cpus_per_actor,
+            num_gpus=s.gpus_per_actor or None,
+            **actor,
         )
         if self.make_store is not None:
             dataset = dataset.map_batches(
