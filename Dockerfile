@@ -4,6 +4,7 @@
 #   docker build -t pagerag:gpu --build-arg EXTRA=gpu .  # NVIDIA GPU (fastembed-gpu)
 #   docker build -t pagerag:torch --build-arg EXTRA=torch .  # + the torch backend (ColQwen,
 #                                                        # ColSmol …; CPU or NVIDIA GPU)
+#   docker build -t pagerag:ray --build-arg RAY=true .   # + Ray (any EXTRA): --engine ray
 #
 # fastembed and fastembed-gpu ship the same module and must never be installed
 # together, so the extra is chosen at build time: one image per device.
@@ -17,6 +18,8 @@ FROM ${PYTHON_IMAGE}
 # also run on the CPU (a ~6 GB image; a GPU needs driver >= 580). Pinned with === so a
 # local '+cpu' torch wheel can never be picked beside PyPI's torchvision.
 ARG EXTRA=cpu
+# true: also the ray extra (`pagerag ingest --engine ray`; the compose file's ray service).
+ARG RAY=false
 ARG TORCH_PINS="torch===2.13.0 torchvision===0.28.0"
 # GPU only: onnxruntime-gpu with the CUDA and cuDNN runtime libraries as pip wheels,
 # so the slim base needs no CUDA install (the host only needs the NVIDIA driver and
@@ -56,6 +59,7 @@ RUN set -eu; \
            && python -c "import colpali_engine.models" ;; \
       *) echo "EXTRA must be cpu, gpu or torch, got '$EXTRA'" >&2; exit 1 ;; \
     esac; \
+    if [ "$RAY" = true ]; then pip install ".[ray]" && python -c "import ray.data"; fi; \
     pagerag --help >/dev/null
 
 # Model cache (mount a volume here: ColPali is 6.5 GB) and the input folder.

@@ -55,7 +55,9 @@ def test_compose_parses_with_the_expected_services(compose: dict[str, Any]) -> N
     assert any(v.startswith("qdrant_storage:") for v in services["qdrant"]["volumes"])
 
 
-@pytest.mark.parametrize("profiles", [[], ["gpu", "vlm"]], ids=["default", "gpu+vlm"])
+@pytest.mark.parametrize(
+    "profiles", [[], ["gpu", "vlm", "ray"]], ids=["default", "gpu+vlm+ray"]
+)
 def test_docker_compose_config_validates(profiles: list[str]) -> None:
     exe = shutil.which("docker-compose")
     if exe is None:
@@ -139,6 +141,22 @@ def test_ingest_services_run_against_the_server(compose: dict[str, Any]) -> None
     devices = services["pagerag-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia"
     assert "gpu" in devices[0]["capabilities"]
+
+
+def test_the_ray_service_is_a_head_writing_to_the_server(compose: dict[str, Any]) -> None:
+    """docker compose --profile ray: a Ray head (the image with the ray extra) that jobs
+    exec into; its writer actors reach the qdrant service by name."""
+    ray_head = compose["services"]["ray"]
+    assert ray_head["profiles"] == ["ray"]
+    assert ray_head["build"]["args"] == {"EXTRA": "cpu", "RAY": "true"}
+    assert ray_head["entrypoint"] == ["ray"]
+    assert ray_head["command"][:3] == ["start", "--head", "--block"]
+    assert ray_head["depends_on"]["qdrant"]["condition"] == "service_healthy"
+    assert ray_head["environment"]["PAGERAG_STORE__URL"] == f"http://qdrant:{REST_PORT}"
+    assert "ports" not in ray_head  # nothing published: jobs run inside it
+    assert ray_head["shm_size"]  # the object store is in /dev/shm
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert "ARG RAY=false" in dockerfile and 'pip install ".[ray]"' in dockerfile
 
 
 def test_the_api_service_serves_the_server_store_behind_a_key(compose: dict[str, Any]) -> None:
