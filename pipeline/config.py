@@ -209,6 +209,10 @@ class RayConfig(_Section):
     # A Qdrant server (store.url) only: writer actors upserting in parallel. The embedded
     # engine admits one process: the driver writes then.
     writers: int = Field(default=2, ge=1, le=1024)
+    # Refuse a job the cluster's resources can never run (GPUs it lacks, no CPU left to
+    # render beside the actors) instead of letting Ray wait forever. false: an autoscaling
+    # cluster (KubeRay, `ray up`) that adds the nodes on demand.
+    check_resources: bool = True
 
     @property
     def pool(self) -> tuple[int, int]:

@@ -55,9 +55,7 @@ def test_compose_parses_with_the_expected_services(compose: dict[str, Any]) -> N
     assert any(v.startswith("qdrant_storage:") for v in services["qdrant"]["volumes"])
 
 
-@pytest.mark.parametrize(
-    "profiles", [[], ["gpu", "vlm", "ray"]], ids=["default", "gpu+vlm+ray"]
-)
+@pytest.mark.parametrize("profiles", [[], ["gpu", "vlm", "ray"]], ids=["default", "gpu+vlm+ray"])
 def test_docker_compose_config_validates(profiles: list[str]) -> None:
     exe = shutil.which("docker-compose")
     if exe is None:

@@ -150,6 +150,27 @@ def test_embed_actors_asking_for_gpus_the_cluster_lacks_are_refused(
     assert snapshot(tmp_path / "data").pages == {}
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_an_autoscaling_cluster_can_skip_the_resource_check(check: bool) -> None:
+    """ray.check_resources false: no refusal (the autoscaler adds the GPU nodes)."""
+    from types import SimpleNamespace
+
+    from pipeline.ingest.ray_engine import RayIngestJob
+    from pipeline.ingest.settings import IngestSettings
+
+    job = RayIngestJob(
+        IngestSettings(store=None, renderer=None, spec=SPEC, hash_file=str),  # type: ignore[arg-type]
+        cluster=RayConfig(gpus_per_actor=1, check_resources=check),
+        make_embedder=FakeEmbedder,
+    )
+    cpu_only = SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0})
+    if check:
+        with pytest.raises(ConfigError, match=r"ray\.check_resources: false"):
+            job._check_resources(cpu_only)
+    else:
+        job._check_resources(cpu_only)
+
+
 @pytest.mark.parametrize(
     ("settings", "cores", "cpus"),
     [

@@ -404,7 +404,10 @@ class RayIngestJob:
 
     def _check_resources(self, ray: Any) -> None:
         """Refuse a job the cluster can never run: Ray would wait forever for the embed
-        pool's GPUs, or for a CPU left to render on beside the actors."""
+        pool's GPUs, or for a CPU left to render on beside the actors (``ray.check_resources``
+        false: an autoscaling cluster adds them on demand)."""
+        if not self.cluster.check_resources:
+            return
         have = ray.cluster_resources()
         cpus, gpus = self._demand(1)
         has_cpus, has_gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
@@ -413,7 +416,8 @@ class RayIngestJob:
                 f"the Ray cluster has {has_gpus:g} GPU(s); the embed actors need {gpus:g} "
                 f"(ray.embed_actors {self.cluster.embed_actors} × ray.gpus_per_actor "
                 f"{self.cluster.gpus_per_actor:g}), so they would never start: add GPU nodes "
-                "(`ray start --num-gpus N`) or lower --gpus-per-actor (0 embeds on CPU)"
+                "(`ray start --num-gpus N`) or lower --gpus-per-actor (0 embeds on CPU); "
+                "an autoscaling cluster that adds them on demand: ray.check_resources: false"
             )
         if has_cpus < cpus:
             writers = (
@@ -428,7 +432,8 @@ class RayIngestJob:
                 f"ray.render_cpus {self.cluster.render_cpus:g}), so rendering would never "
                 "start: lower ray.cpus_per_actor / ray.render_cpus / ray.writers / "
                 "--embed-actors, or give the cluster more CPUs (`ray start --num-cpus N`; "
-                "ray.num_cpus for a local Ray)"
+                "ray.num_cpus for a local Ray; an autoscaling cluster: "
+                "ray.check_resources: false)"
             )
 
     def _remote(self, ray: Any, fn: Callable[..., Any]) -> Any:
