@@ -497,6 +497,12 @@ class PageRAG:
         from pipeline.evaluate.explain import check_explain_request, explain_stored
 
         check_explain_request(self.embedder.spec, query, hit, kind)  # before opening anything
+        if not self._open(create=False).has_visual:  # before the weights are asked for
+            raise QueryError(
+                f"collection {self.config.store.collection!r} has no visual lane (it was "
+                "ingested with --lanes text): explain maps show which image patches matched, "
+                "so they need the pages' vectors; add them with `pagerag reindex --visual`"
+            )
         self._open(create=False, weights=True)
         return explain_stored(
             self.store, self.embedder, query, hit, kind=kind, alpha=alpha, smooth=smooth

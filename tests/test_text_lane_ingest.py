@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline import PageRAG
 from pipeline.config import PageRAGConfig, RenderConfig, TextConfig, load_config
-from pipeline.errors import TextExtractionError
+from pipeline.errors import QueryError, TextExtractionError
 from pipeline.ingest.poppler import Poppler, PopplerRun, run_poppler
 from pipeline.ingest.render import Renderer
 from pipeline.ingest.text import TextExtractor
@@ -262,6 +262,23 @@ def test_stored_image_pages_keep_their_jpeg_in_a_text_only_collection(
         assert point.vectors == {} and len(point.sparse[TEXT_VECTOR]) > 0
         jpeg = base64.b64decode(point.payload["image_jpeg_b64"])
         assert jpeg[:2] == b"\xff\xd8"
+
+
+def test_explain_on_a_text_only_collection_says_how_to_add_the_visual_lane(
+    make_rag, corpus: Path
+) -> None:
+    """Explain maps show which image patches matched: a text-only collection has no page
+    vectors. The answer names the fix, before any model is asked for (the web page's
+    explain button on a text hit)."""
+    rag = make_rag(lanes="text")
+    assert rag.ingest([corpus / THREE_PAGES]).exit_code == 0
+    hit = rag.search("3", k=1)[0]
+    for explain in (
+        lambda: rag.explain("3", hit),
+        lambda: rag.explain_page("3", corpus / THREE_PAGES, 1),
+    ):
+        with pytest.raises(QueryError, match=r"no visual lane.*reindex --visual"):
+            explain()
 
 
 # --------------------------------------------------------------------------- the Ray engine
