@@ -91,7 +91,7 @@ def ingest(
         str | None,
         typer.Option(
             help="--engine ray: the cluster (auto, ray://head:10001); unset: a local Ray "
-            "on this machine (ray.address)."
+            "on this machine, started for this job (~10 s on 2 cores; ray.address)."
         ),
     ] = None,
     embed_actors: Annotated[
@@ -103,7 +103,11 @@ def ingest(
     ] = None,
     gpus_per_actor: Annotated[
         float | None,
-        typer.Option(help="--engine ray: GPUs per embed actor (ray.gpus_per_actor).", min=0),
+        typer.Option(
+            help="--engine ray: GPUs per embed actor (ray.gpus_per_actor); a cluster with "
+            "fewer GPUs than the actors need is refused at once (exit 2).",
+            min=0,
+        ),
     ] = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
