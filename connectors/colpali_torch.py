@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import EmbeddingConfig
-from pipeline.embed.fingerprint import fingerprint_files, is_stand_in
+from pipeline.embed.fingerprint import fingerprint_files, weights_identity
 from pipeline.embed.protocol import checked_vectors, one_per_image
 from pipeline.errors import (
     ConfigError,
@@ -248,22 +248,15 @@ class ColPaliTorchEmbedder:
         if self._identity is not None:
             return self._identity
         model_dir, base_dir, source = self._locate()
-        try:
-            fingerprint = fingerprint_files(model_dir, _weight_names(model_dir))
-            if base_dir is not None:
-                base = fingerprint_files(base_dir, _weight_names(base_dir))
-                fingerprint = fingerprint_files_combined(fingerprint, base)
-        except OSError as exc:
-            raise ModelError(
-                f"cannot read the files of {self._spec.name} in {model_dir} to fingerprint "
-                f"its weights: {exc}"
-            ) from exc
-        self._identity = ModelIdentity(
-            name=self._spec.name,
-            source=source,
-            fingerprint=fingerprint,
-            stand_in=is_stand_in(model_dir),
-        )
+
+        def fingerprint() -> str:
+            adapter = fingerprint_files(model_dir, _weight_names(model_dir))
+            if base_dir is None:
+                return adapter
+            base = fingerprint_files(base_dir, _weight_names(base_dir))
+            return fingerprint_files_combined(adapter, base)
+
+        self._identity = weights_identity(self._spec.name, model_dir, source, fingerprint)
         return self._identity
 
     # -- one page ------------------------------------------------------------

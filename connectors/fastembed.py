@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import EmbeddingConfig
-from pipeline.embed.fingerprint import CONFIG_FILES, fingerprint_files, is_stand_in
+from pipeline.embed.fingerprint import CONFIG_FILES, fingerprint_files, weights_identity
 from pipeline.embed.protocol import QueryToken, checked_vectors, one_per_image
 from pipeline.errors import (
     ModelError,
@@ -223,18 +223,11 @@ class FastEmbedColPali:
             else:
                 revision = f"@{model_dir.name}" if model_dir.parent.name == "snapshots" else ""
                 source = f"hub:{self._hub_repo}{revision}"
-        try:
-            fingerprint = fingerprint_files(model_dir, (*files, *CONFIG_FILES))
-        except OSError as exc:
-            raise ModelError(
-                f"cannot read the files of {self._spec.name} in {model_dir} to fingerprint "
-                f"its weights: {exc}"
-            ) from exc
-        self._identity = ModelIdentity(
-            name=self._spec.name,
-            source=source,
-            fingerprint=fingerprint,
-            stand_in=is_stand_in(model_dir),
+        self._identity = weights_identity(
+            self._spec.name,
+            model_dir,
+            source,
+            lambda: fingerprint_files(model_dir, (*files, *CONFIG_FILES)),
         )
         return self._identity
 

@@ -13,6 +13,7 @@ registered as ``Qdrant/colpali-v1.3-fp16`` through ``embedding.model_path``.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -371,3 +372,20 @@ def test_the_manifest_records_the_identity() -> None:
     assert spec_from_manifest("c", manifest) == spec
     legacy = {k: v for k, v in manifest.items() if not k.startswith("model_")}
     assert spec_from_manifest("c", legacy).identity is None
+
+
+def test_weights_identity_names_the_directory_it_cannot_read(tmp_path: Path) -> None:
+    """Both backends build their identity here: an unreadable file is a ModelError that
+    says which model and directory, not a bare OSError."""
+    from pipeline.embed.fingerprint import weights_identity
+    from pipeline.errors import ModelError
+
+    def unreadable() -> str:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "model.onnx"))
+
+    with pytest.raises(ModelError, match=re.escape(f"cannot read the files of m/x in {tmp_path}")):
+        weights_identity("m/x", tmp_path, "local", unreadable)
+    (tmp_path / "config.json").write_text('{"pagerag_stand_in": true}', encoding="utf-8")
+    identity = weights_identity("m/x", tmp_path, "local", lambda: "abc")
+    assert (identity.name, identity.source, identity.fingerprint) == ("m/x", "local", "abc")
+    assert identity.stand_in

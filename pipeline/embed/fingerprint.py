@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import ModelError
+from pipeline.types import ModelIdentity
 
 __all__ = [
     "CONFIG_FILES",
@@ -36,6 +39,7 @@ __all__ = [
     "file_digest",
     "fingerprint_files",
     "is_stand_in",
+    "weights_identity",
 ]
 
 # The JSON files fastembed downloads beside the model and reads when present.
@@ -97,3 +101,20 @@ def is_stand_in(model_dir: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and STAND_IN_KEY in data
+
+
+def weights_identity(
+    name: str, model_dir: Path, source: str, fingerprint: Callable[[], str]
+) -> ModelIdentity:
+    """The identity a collection records for the weights in ``model_dir``: ``fingerprint()``
+    of its files (each backend knows which files), or a ``ModelError`` naming the
+    directory when one cannot be read."""
+    try:
+        value = fingerprint()
+    except OSError as exc:
+        raise ModelError(
+            f"cannot read the files of {name} in {model_dir} to fingerprint its weights: {exc}"
+        ) from exc
+    return ModelIdentity(
+        name=name, source=source, fingerprint=value, stand_in=is_stand_in(model_dir)
+    )
