@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -53,14 +54,19 @@ class _StoreHost:
         from connectors.qdrant_edge import EdgePageStore
 
         self.store = EdgePageStore(Path(path), collection)
-        self.calls: dict[str, int] = {}
+        self.callers: dict[str, list[int]] = {}  # method -> the calling process of each call
 
-    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self.calls[method] = self.calls.get(method, 0) + 1
+    def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], caller: int = 0
+    ) -> Any:
+        self.callers.setdefault(method, []).append(caller)
         return getattr(self.store, method)(*args, **kwargs)
 
     def count(self, method: str) -> int:
-        return self.calls.get(method, 0)
+        return len(self.callers.get(method, []))
+
+    def pids(self, method: str) -> set[int]:
+        return set(self.callers.get(method, []))
 
 
 class _ServerStore:
@@ -78,7 +84,7 @@ class _ServerStore:
         host = ray.get_actor(self.name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return ray.get(host.call.remote(method, args, kwargs))
+            return ray.get(host.call.remote(method, args, kwargs, os.getpid()))
 
         return call
 
@@ -94,6 +100,10 @@ class Server:
 
     def calls(self, method: str) -> int:
         return int(ray.get(self.host.count.remote(method)))
+
+    def callers(self, method: str) -> set[int]:
+        """The processes that called ``method``."""
+        return set(ray.get(self.host.pids.remote(method)))
 
 
 @pytest.fixture
@@ -160,6 +170,9 @@ def test_writer_actors_store_what_the_local_engine_stores(
     assert report.exit_code == local.exit_code == 1  # the bad file
     assert report.pages_ingested == local.pages_ingested == 11
     assert server.calls("upsert_pages") >= 2 and server.calls("mark_complete") == 2
+    writers = server.callers("upsert_pages")
+    assert os.getpid() not in writers and 1 <= len(writers) <= 2  # actors wrote, not the driver
+    assert server.callers("mark_complete") == {os.getpid()}  # the driver marks, from acks
     close(server)
     stored = snapshot(server.path)
     assert stored.problems() == []
