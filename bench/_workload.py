@@ -82,6 +82,7 @@ __all__ = [
     "point_id",
     "progress_log",
     "questions",
+    "report_sizes",
     "run_sizes",
     "timed",
     "workload_for",
@@ -176,11 +177,22 @@ def run_sizes(
         raise SystemExit(f"corpus not found at {args.corpus}: pass --corpus")
     count = min(args.real_pages, max(sizes))
     real = embed_real_pages(args.corpus, count, cache=args.cache, progress=progress_log(args))
+    return report_sizes(sizes, lambda pages: run_size(pages, real), print_table, args.json)
+
+
+def report_sizes(
+    sizes: Sequence[int],
+    run_size: Callable[[int], dict[str, Any]],
+    print_table: Callable[[dict[str, Any]], None],
+    as_json: bool,
+) -> int:
+    """``run_size`` per size: one JSON line or a table each, with its wall time in
+    ``seconds``."""
     for pages in sizes:
         started = time.perf_counter()
-        result = run_size(pages, real)
+        result = run_size(pages)
         result["seconds"] = round(time.perf_counter() - started, 1)
-        if args.json:
+        if as_json:
             print(json.dumps(result), flush=True)
         else:
             print_table(result)

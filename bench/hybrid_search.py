@@ -35,7 +35,6 @@ random unit tokens and 2-5 words of one page's text.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -47,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for bench._workload
 
-from bench._workload import BENCH_MODEL, latency, page_point, timed
+from bench._workload import BENCH_MODEL, latency, page_point, report_sizes, timed
 
 # isort: split
 import numpy as np  # after bench._workload, which caps the BLAS threads before numpy loads
@@ -265,15 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object per size")
     args = parser.parse_args(argv)
-    for pages in (int(x) for x in args.pages.split(",") if x):
-        started = time.perf_counter()
-        result = run_size(pages, args)
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        if args.json:
-            print(json.dumps(result), flush=True)
-        else:
-            print_table(result)
-    return 0
+    sizes = [int(x) for x in args.pages.split(",") if x]
+    return report_sizes(sizes, lambda pages: run_size(pages, args), print_table, args.json)
 
 
 if __name__ == "__main__":
