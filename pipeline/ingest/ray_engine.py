@@ -420,18 +420,17 @@ class RayIngestJob:
                 "an autoscaling cluster that adds them on demand: ray.check_resources: false"
             )
         if has_cpus < cpus:
-            writers = (
-                f" + {self.cluster.writers} writer(s) × {_WRITER_CPUS:g}"
-                if self.make_store is not None
-                else ""
-            )
+            writers, lower = "", "ray.cpus_per_actor / ray.render_cpus"
+            if self.make_store is not None:
+                writers = f" + {self.cluster.writers} writer(s) × {_WRITER_CPUS:g}"
+                lower += " / ray.writers"
             raise ConfigError(
                 f"the Ray cluster has {has_cpus:g} CPU(s); this job needs {cpus:g} at once "
                 f"({self.cluster.embed_actors} embed actor(s) × ray.cpus_per_actor "
                 f"{self.cluster.cpus_per_actor:g}{writers} + one rendering task × "
                 f"ray.render_cpus {self.cluster.render_cpus:g}), so rendering would never "
-                "start: lower ray.cpus_per_actor / ray.render_cpus / ray.writers / "
-                "--embed-actors, or give the cluster more CPUs (`ray start --num-cpus N`; "
+                f"start: lower {lower} / --embed-actors, or give the cluster more CPUs "
+                "(`ray start --num-cpus N`; "
                 "ray.num_cpus for a local Ray; an autoscaling cluster: "
                 "ray.check_resources: false)"
             )
