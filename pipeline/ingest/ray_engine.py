@@ -545,16 +545,16 @@ class RayIngestJob:
             # process's: other Ray Data work in the same process keeps its settings.
             source.context.max_errored_blocks = -1  # a range failing for good: file failed
             source.context.enable_progress_bars = False
-            return self._stages(source, aliases, retries, actor)
+            return self._stages(ray, source, aliases, retries, actor)
 
     def _stages(
         self,
+        ray: Any,
         source: Any,
         aliases: Mapping[Path, str] | None,
         retries: dict[str, int],
         actor: dict[str, int],
     ) -> Any:
-        ray = require_ray()
         s = self.cluster
         low, high = s.pool
         dataset = source.flat_map(
